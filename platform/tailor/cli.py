@@ -1,0 +1,80 @@
+"""The `tailor` console script: Django's management commands with Tailor's settings, plus workers.
+
+tailor migrate | runserver | createteam … | createkey … | check --deploy | …   (any manage.py command)
+tailor worker control [celery worker options]   consume the control queue (validation, bookkeeping)
+tailor demo                                      the walkthrough behind `make demo`
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _load_settings() -> str | None:
+    """Load the settings once, up front, so a configuration error is one clear line, not a traceback."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        settings.INSTALLED_APPS  # noqa: B018 - forces the settings module to load
+    except ImproperlyConfigured as exc:
+        return str(exc)
+    return None
+
+
+def run_worker(kind: str, extra: Sequence[str]) -> int:
+    """Run a Celery worker of `kind` in this process (only `control` exists so far)."""
+    if kind != "control":
+        print(f"tailor worker: unknown worker {kind!r}; available: control", file=sys.stderr)
+        return 2
+    import django
+
+    django.setup()
+    from workers.app import app, control_queue
+
+    argv = [
+        "worker",
+        "--queues",
+        control_queue(),
+        "--include",
+        "workers.control.tasks",
+        "--hostname",
+        "control@%h",
+        # Mingle and gossip are cluster chatter these workers never use; they also add broker traffic.
+        "--without-mingle",
+        "--without-gossip",
+        "--loglevel",
+        os.environ.get("TAILOR_LOG_LEVEL", "INFO"),
+        *extra,
+    ]
+    app.worker_main(argv)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tailor` command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tailor.settings")
+    if args[:1] == ["demo"]:
+        from tailor.demo import main as demo_main
+
+        return demo_main()
+    problem = _load_settings()
+    if problem is not None:
+        print(f"tailor: configuration error: {problem}", file=sys.stderr)
+        return 2
+    if args[:1] == ["worker"]:
+        if len(args) < 2:
+            print("usage: tailor worker control [celery worker options]", file=sys.stderr)
+            return 2
+        return run_worker(args[1], args[2:])
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["tailor", *args])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Uploaded files: the OpenAI-compatible Files API, streaming uploads and dataset validation."""

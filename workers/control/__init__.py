@@ -1,0 +1,1 @@
+"""Control-plane tasks: Django-aware, run by `tailor worker control` beside the database."""
