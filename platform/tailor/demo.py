@@ -93,7 +93,8 @@ def _wait_for_api(base: str, procs: list[subprocess.Popen[bytes]], timeout: floa
 def _print_report(report: dict) -> None:
     stats = report.get("stats", {})
     print(f"    format: {report.get('format')}   ok: {report.get('ok')}")
-    for key in ("example_count", "line_count", "bytes", "duplicates", "examples_without_trained_tokens"):
+    for key in ("example_count", "line_count", "bytes", "role_counts", "trained_tokens",
+                "examples_without_trained_tokens", "duplicate_count"):
         if key in stats:
             print(f"    {key:34s} {stats[key]}")
     tokens = stats.get("tokens") or {}
@@ -117,7 +118,7 @@ def main() -> int:
     env["PYTHONUNBUFFERED"] = "1"
     root = f"http://127.0.0.1:{port}"
 
-    _say("Preparing the embedded database (SQLite under var/)")
+    _say(f"Preparing the embedded database under {env['TAILOR_HOME']}")
     migrated = _tailor("migrate", "--noinput", env=env)
     if migrated.returncode != 0:
         print(migrated.stdout, migrated.stderr, file=sys.stderr)
@@ -145,10 +146,18 @@ def main() -> int:
         _print_report(report)
 
         _say("Uploading a malformed file: the report names each line and field")
-        broken = b'{"messages": [{"role": "user", "content": "hi"}]}\n{not json}\n'
-        bad = client.files.create(file=("broken.jsonl", broken), purpose="fine-tune")
+        lines = SAMPLE.read_bytes().splitlines(keepends=True)[:12]
+        lines[2] = b'{"messages": [{"role": "user", "content": "Capital of Peru?"}\n'  # truncated JSON
+        lines[6] = b'{"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+        bad = client.files.create(file=("broken.jsonl", b"".join(lines)), purpose="fine-tune")
         bad = client.files.wait_for_processing(bad.id, poll_interval=0.5, max_wait_seconds=120)
         print(f"    {bad.id}: status {bad.status}: {bad.status_details}")
+        _print_report(
+            httpx.get(
+                f"{root}/api/v1/files/{bad.id}/report",
+                headers={"Authorization": f"Bearer {creds['api_key']}"},
+            ).json()
+        )
 
         _say("Call the API yourself")
         print(
