@@ -44,6 +44,7 @@ test: install services
 	$(BIN)/ruff check platform workers gpu_runner tests bench
 	$(BIN)/lint-imports
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) HF_HUB_OFFLINE=1 \
+	  TAILOR_TINY_MODEL_DIR=$(CURDIR)/var/models/tailor-tiny \
 	  $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench-validate: install
