@@ -5,6 +5,10 @@ Configuration comes from the environment only:
   filesystem transport under `TAILOR_HOME/broker` (default `./var/broker`), which needs no server and
   works across the processes of one machine.
 - `TAILOR_CONTROL_QUEUE`: the queue the control tasks travel on (default `control`).
+- `TAILOR_*_INTERVAL`: how often `tailor worker beat` sends the periodic control tasks (`beat_schedule`).
+
+GPU workers consume one queue per GPU class (`TAILOR_GPU_CLASSES`); the control plane sends
+`tailor.gpu.run_job` there with an explicit queue, so those tasks need no route here.
 
 The database is the source of truth, Celery only carries ids: results are ignored, messages are JSON,
 and every task declares its own name, queue, time limits and retry policy.
@@ -22,6 +26,21 @@ from celery import Celery
 CONTROL_TASK_PREFIX = "tailor.control."
 VALIDATE_FILE_TASK = "tailor.control.validate_file"
 
+# Reports of GPU workers (docs/job-protocol.md), consumed by the control worker.
+JOB_STARTED_TASK = "tailor.control.job_started"
+JOB_HEARTBEAT_TASK = "tailor.control.job_heartbeat"
+JOB_EVENTS_TASK = "tailor.control.job_events"
+JOB_CHECKPOINT_TASK = "tailor.control.job_checkpoint"
+JOB_FINISHED_TASK = "tailor.control.job_finished"
+# Bookkeeping of the control plane itself.
+SCHEDULE_TASK = "tailor.control.schedule"
+RECONCILE_TASK = "tailor.control.reconcile"
+CLEAN_ORPHANS_TASK = "tailor.control.clean_orphans"
+DELIVER_WEBHOOK_TASK = "tailor.control.deliver_webhook"
+DELIVER_DUE_WEBHOOKS_TASK = "tailor.control.deliver_due_webhooks"
+# The one task GPU workers consume, sent to the queue of the job's GPU class.
+RUN_JOB_TASK = "tailor.gpu.run_job"
+
 
 def control_queue(environ: Mapping[str, str] | None = None) -> str:
     """The queue control tasks are published to and the control worker consumes."""
@@ -36,6 +55,45 @@ def route_task(
     if name.startswith(CONTROL_TASK_PREFIX):
         return {"queue": control_queue()}
     return None
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def beat_schedule(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """What `tailor worker beat` sends, and how often (seconds, from the environment):
+
+    - `TAILOR_SCHEDULE_INTERVAL` (10): dispatch queued jobs that fit their team's quota. Jobs are also
+      scheduled at once when created, resumed or when another job finishes; this catches the rest.
+    - `TAILOR_RECONCILE_INTERVAL` (15): requeue jobs whose lease expired, re-send lost dispatches.
+    - `TAILOR_WEBHOOK_RETRY_INTERVAL` (5): send webhook deliveries whose retry is due.
+    - `TAILOR_ORPHAN_SWEEP_INTERVAL` (3600): remove uploaded bytes that never became a file.
+    """
+
+    def entry(task: str, seconds: float) -> dict[str, Any]:
+        # A beat message older than its interval is dropped: the next one does the same work.
+        return {"task": task, "schedule": seconds, "options": {"expires": seconds}}
+
+    return {
+        "schedule-jobs": entry(SCHEDULE_TASK, _seconds(environ, "TAILOR_SCHEDULE_INTERVAL", 10)),
+        "reconcile-jobs": entry(RECONCILE_TASK, _seconds(environ, "TAILOR_RECONCILE_INTERVAL", 15)),
+        "retry-webhooks": entry(
+            DELIVER_DUE_WEBHOOKS_TASK, _seconds(environ, "TAILOR_WEBHOOK_RETRY_INTERVAL", 5)
+        ),
+        "clean-orphaned-uploads": entry(
+            CLEAN_ORPHANS_TASK, _seconds(environ, "TAILOR_ORPHAN_SWEEP_INTERVAL", 3600)
+        ),
+    }
 
 
 def broker_settings(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -75,6 +133,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Celery:
         # One message at a time per worker process: tasks are long compared with the fetch.
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
+        beat_schedule=beat_schedule(environ),
         timezone="UTC",
         enable_utc=True,
     )

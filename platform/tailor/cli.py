@@ -1,7 +1,10 @@
 """The `tailor` console script: Django's management commands with Tailor's settings, plus workers.
 
 tailor migrate | runserver | createteam … | createkey … | check --deploy | …   (any manage.py command)
-tailor worker control [celery worker options]   consume the control queue (validation, bookkeeping)
+tailor worker control [celery worker options]   consume the control queue (validation, job bookkeeping)
+tailor worker gpu --gpu-class NAME [options]     train jobs of one GPU class (workers.gpu; no database)
+tailor worker beat [celery beat options]         send the periodic control tasks (scheduler, reconciler)
+tailor basemodel add NAME --source DIR           register a base model teams may fine-tune
 tailor demo                                      the walkthrough behind `make demo`
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _load_settings() -> str | None:
@@ -24,16 +28,32 @@ def _load_settings() -> str | None:
     return None
 
 
+WORKERS = ("control", "gpu", "beat")
+
+
 def run_worker(kind: str, extra: Sequence[str]) -> int:
-    """Run a Celery worker of `kind` in this process (only `control` exists so far)."""
-    if kind != "control":
-        print(f"tailor worker: unknown worker {kind!r}; available: control", file=sys.stderr)
+    """Run a worker of `kind` in this process: `control` and `beat` need Django's settings, `gpu` does not
+    (GPU nodes hold no database credentials)."""
+    if kind == "gpu":
+        from workers.gpu import main as gpu_main
+
+        return int(gpu_main(list(extra)) or 0)
+    if kind not in WORKERS:
+        print(f"tailor worker: unknown worker {kind!r}; available: {', '.join(WORKERS)}", file=sys.stderr)
         return 2
     import django
 
     django.setup()
     from workers.app import app, control_queue
 
+    loglevel = os.environ.get("TAILOR_LOG_LEVEL", "INFO")
+    if kind == "beat":
+        from django.conf import settings
+
+        home = Path(settings.TAILOR_HOME)
+        home.mkdir(parents=True, exist_ok=True)
+        app.start(["beat", "--loglevel", loglevel, "--schedule", str(home / "celerybeat-schedule"), *extra])
+        return 0
     argv = [
         "worker",
         "--queues",
@@ -46,7 +66,7 @@ def run_worker(kind: str, extra: Sequence[str]) -> int:
         "--without-mingle",
         "--without-gossip",
         "--loglevel",
-        os.environ.get("TAILOR_LOG_LEVEL", "INFO"),
+        loglevel,
         *extra,
     ]
     app.worker_main(argv)
@@ -56,6 +76,9 @@ def run_worker(kind: str, extra: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tailor` command."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:2] == ["worker", "gpu"]:
+        # Before anything of Django: a GPU node has no database and no secret key.
+        return run_worker("gpu", args[2:])
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tailor.settings")
     if args[:1] == ["demo"]:
         from tailor.demo import main as demo_main
@@ -67,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args[:1] == ["worker"]:
         if len(args) < 2:
-            print("usage: tailor worker control [celery worker options]", file=sys.stderr)
+            print("usage: tailor worker control|gpu|beat [options]", file=sys.stderr)
             return 2
         return run_worker(args[1], args[2:])
     from django.core.management import execute_from_command_line

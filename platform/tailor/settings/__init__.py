@@ -11,5 +11,6 @@ The Celery broker is configured in `workers.app`, which stays Django-free so tha
 from tailor.settings.base import *  # noqa: F403
 from tailor.settings.database import *  # noqa: F403
 from tailor.settings.env import *  # noqa: F403
+from tailor.settings.jobs import *  # noqa: F403
 from tailor.settings.security import *  # noqa: F403
 from tailor.settings.storage import *  # noqa: F403

@@ -16,6 +16,8 @@ INSTALLED_APPS = [
     "tailor.core",
     "tailor.teams",
     "tailor.files",
+    "tailor.tuning",
+    "tailor.webhooks",
 ]
 
 MIDDLEWARE = [
@@ -96,6 +98,23 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/(v1|api/v1)",
+    # Every `object` constant and `status` choice set gets its own name in the document.
+    "ENUM_NAME_OVERRIDES": {
+        "ListObjectEnum": ["list"],
+        "FileObjectEnum": ["file"],
+        "FineTuningJobObjectEnum": ["fine_tuning.job"],
+        "FineTuningJobEventObjectEnum": ["fine_tuning.job.event"],
+        "FineTuningJobCheckpointObjectEnum": ["fine_tuning.job.checkpoint"],
+        "ModelObjectEnum": ["model"],
+        "WebhookEndpointObjectEnum": ["webhook_endpoint"],
+        "WebhookDeliveryObjectEnum": ["webhook_delivery"],
+        "FileValidationReportObjectEnum": ["file.validation_report"],
+        "FileStatusEnum": "tailor.files.models.File.Status",
+        "FineTuningJobStatusEnum": [
+            "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"
+        ],
+        "WebhookDeliveryStatusEnum": "tailor.webhooks.models.WebhookDelivery.Status",
+    },
 }
 
 LOGGING = {

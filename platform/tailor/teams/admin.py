@@ -112,7 +112,8 @@ class TeamAdmin(TeamScopedAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
         fields = list(super().get_readonly_fields(request, obj))
         if self._scoped(request):
-            fields.append("slug")
+            # Quotas and priority are the platform operator's to set, not the team's own admins'.
+            fields.extend(["slug", "max_concurrent_jobs", "gpu_hour_budget", "job_priority"])
         return fields
 
 

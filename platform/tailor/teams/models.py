@@ -12,6 +12,21 @@ class Team(models.Model):
     slug = models.SlugField(max_length=50, unique=True, help_text="Short unique name, e.g. `research`.")
     name = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Scheduling quotas, set by platform operators (read-only for team admins in the web admin).
+    max_concurrent_jobs = models.PositiveIntegerField(
+        default=2, help_text="Fine-tuning jobs of this team that may hold a GPU at once; the rest wait queued."
+    )
+    gpu_hour_budget = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="GPU hours this team may use in all; once spent, its jobs stay queued. Empty: no limit.",
+    )
+    job_priority = models.IntegerField(
+        default=0,
+        help_text="Teams with a higher priority are served first; teams of equal priority take turns.",
+    )
 
     class Meta:
         ordering = ["slug"]
