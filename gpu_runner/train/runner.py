@@ -369,7 +369,7 @@ def _finish(
         torch.distributed.barrier()
     events.emit(
         "completed",
-        f"Training finished after {step} steps; adapter in {output_dir}",
+        f"Training finished after {step} steps",
         trained_tokens=trainer.state.num_input_tokens_seen,
         steps=step,
         epochs=round(trainer.state.epoch or 0.0, 4),

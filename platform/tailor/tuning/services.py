@@ -597,6 +597,10 @@ def job_report_events(*, job_id: str, attempt: int, events: list[dict[str, Any]]
         if not isinstance(seq, int) or seq < 0:
             logger.warning("event without a valid seq for %s ignored: %s", job_id, json.dumps(event)[:200])
             continue
+        if event.get("type") == "checkpoint_saved":
+            # It names a folder on the GPU node; the user-facing checkpoint event comes from the
+            # worker's job_checkpoint report once the checkpoint is safely in the object store.
+            continue
         shown = shown_event(event)
         rows.append(
             JobEvent(
