@@ -57,8 +57,10 @@ QUICK = {
     "max_seq_length": 256,
     "gradient_checkpointing": False,
 }
-# 64 examples, 2 per step: 32 steps, a checkpoint every 4 — time to pause, cancel or kill it midway.
-LONG = {**QUICK, "batch_size": 2, "n_checkpoints": 8}
+# 64 examples, 2 per step, 8 epochs: 256 steps, a checkpoint every 16. The tiny model trains tens of
+# steps a second on an idle machine, so a shorter run can end before a stop marker is even read.
+LONG = {**QUICK, "batch_size": 2, "n_epochs": 8, "n_checkpoints": 16}
+LONG_STEPS = 256
 
 
 def jsonl(name: str, lines: int) -> bytes:
@@ -191,7 +193,7 @@ def internal_status(job_id: str) -> str:
 
 def all_events(client: OpenAI, job_id: str) -> list[Any]:
     """Every event, oldest first (the API pages newest first; the SDK follows `after` by itself)."""
-    return list(reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=7))))
+    return list(reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100))))
 
 
 def first_checkpoint(client: OpenAI, platform: Platform, job_id: str) -> int:
@@ -302,7 +304,7 @@ def test_cancel_a_running_job(client: OpenAI, platform: Platform) -> None:
     job = client.fine_tuning.jobs.retrieve(created.id)
     assert job.status == "cancelled" and job.finished_at and job.fine_tuned_model is None
     steps = [e.data["step"] for e in all_events(client, job.id) if e.type == "metrics"]
-    assert max(steps) < 32  # stopped well before the end
+    assert max(steps) < LONG_STEPS  # stopped before the end
     assert not Adapter.objects.filter(job__public_id=job.id).exists()
 
 
@@ -318,7 +320,7 @@ def test_pause_and_resume_continue_from_the_checkpoint(client: OpenAI, platform:
         lambda: internal_status(created.id) == "paused", timeout=60, message=f"the pause\n{platform.logs()}"
     )
     paused_at = max(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(created.id))
-    assert paused_at < 32
+    assert paused_at < LONG_STEPS
 
     assert client.fine_tuning.jobs.resume(created.id).status == "queued"
     job = wait_job(client, platform, created.id, "succeeded", "failed", "cancelled")
@@ -330,8 +332,8 @@ def test_pause_and_resume_continue_from_the_checkpoint(client: OpenAI, platform:
     )
     before = [d["step"] for m, d in messages[:resumed_at] if m.startswith("Step ") and "training loss" in m]
     after = [d["step"] for m, d in messages[resumed_at:] if m.startswith("Step ") and "training loss" in m]
-    assert max(before) >= paused_at and after[0] == paused_at + 1 and after[-1] == 32
-    assert after == list(range(paused_at + 1, 33))  # continued, not restarted
+    assert max(before) >= paused_at and after[0] == paused_at + 1 and after[-1] == LONG_STEPS
+    assert after == list(range(paused_at + 1, LONG_STEPS + 1))  # continued, not restarted
     assert Adapter.objects.filter(job__public_id=job.id).count() == 1
 
 

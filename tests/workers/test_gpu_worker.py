@@ -192,7 +192,10 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory, control_queue_name: str) -> Iterator[Harness]:
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    # The reports go to a queue of this module's own: the session's control queue may have a real
+    # control worker consuming it (started by other tests), which would take the reports first.
+    control_queue_name = f"gpu-reports-{uuid.uuid4().hex[:8]}"
     if not BROKER_URL.startswith("redis://"):
         pytest.skip("these tests read the GPU queue in Redis")
     home = tmp_path_factory.mktemp("gpu-worker-home")
@@ -209,7 +212,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory, control_queue_name: str) -
     yield h
     inbox.close()
     client = redis.Redis.from_url(BROKER_URL)
-    for name in h.queues:
+    for name in [*h.queues, control_queue_name]:
         client.delete(name)
 
 
