@@ -4,6 +4,7 @@ GPU-class slots and GPU-hour budgets, and no quota overrun when schedulers run a
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -23,6 +24,7 @@ from tests.tailor.jobs_factories import (
     isolated_gpu_queue,
     take_dispatches,
 )
+from tests.tailor.processes import delete_queue
 
 pytestmark = pytest.mark.django_db
 
@@ -30,6 +32,17 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def gpu_queue(settings) -> Iterator[str]:
     yield from isolated_gpu_queue(settings)
+
+
+@pytest.fixture(autouse=True)
+def no_background_scheduler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Creating or finishing a job also sends a `schedule` task after commit. A control worker started
+    by other tests in the same session would run it and dispatch the jobs these tests schedule
+    themselves, so here those tasks go to a queue no worker consumes."""
+    name = f"control-unconsumed-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("TAILOR_CONTROL_QUEUE", name)
+    yield
+    delete_queue(name)
 
 
 Status = FineTuningJob.Status
