@@ -350,6 +350,9 @@ def common_training_arguments(
         "disable_tqdm": True,
         "include_num_input_tokens_seen": "non_padding",
         "dataloader_num_workers": 0,
+        # Several CPU processes (torchrun) talk over gloo; left to itself accelerate would pick MPI on a
+        # torch built with it, which torchrun does not start.
+        "ddp_backend": "gloo" if device.type == "cpu" and world()[2] > 1 else None,
         "remove_unused_columns": True,
         "skip_memory_metrics": True,
         "max_length": resolved.max_seq_length,

@@ -7,16 +7,24 @@
 - `tailor_adapter.json`, written last (its presence means the directory is complete): base model name and
   revision, sha256 and size of every other file, resolved hyperparameters, final metrics, data digests and
   library versions.
+
+`adapter_weights_digest` fingerprints adapter weights so that what each rank holds in memory can be compared
+with what was saved: with `TAILOR_DEBUG_RANK_DIGEST_DIR` set, every rank writes `rank-<n>.sha256` there at the
+end of training (`write_rank_digest`), which is how the DDP tests check that the ranks agree.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from gpu_runner.spec import JobSpec, ResolvedHyperparameters
 from gpu_runner.train.checkpoints import sha256_file
@@ -26,6 +34,7 @@ ADAPTER_MANIFEST = "tailor_adapter.json"
 ADAPTER_MANIFEST_FORMAT = "tailor-adapter/1"
 METRICS_CSV = "metrics.csv"
 METRICS_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+RANK_DIGEST_DIR_ENV = "TAILOR_DEBUG_RANK_DIGEST_DIR"
 
 
 def metrics_rows(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -139,3 +148,29 @@ def write_adapter(
     }
     _write_json(output_dir / ADAPTER_MANIFEST, manifest)
     return manifest
+
+
+def adapter_weights_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over adapter tensors in name order (name, dtype, shape and raw bytes of each). Applied to the
+    state dict PEFT saves and to `adapter_model.safetensors` loaded back, it gives the same value."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_rank_digest(model: Any, rank: int) -> Path | None:
+    """With `TAILOR_DEBUG_RANK_DIGEST_DIR` set, write `rank-<rank>.sha256` there: `adapter_weights_digest` of
+    the adapter weights this process holds (PEFT's saved key layout). Every rank calls it; a debugging and
+    test aid that costs nothing when the variable is unset."""
+    directory = os.environ.get(RANK_DIGEST_DIR_ENV)
+    if not directory:
+        return None
+    from peft import get_peft_model_state_dict
+
+    path = Path(directory) / f"rank-{rank}.sha256"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(adapter_weights_digest(get_peft_model_state_dict(model)) + "\n", encoding="utf-8")
+    return path

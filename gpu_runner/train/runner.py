@@ -348,7 +348,7 @@ def _finish(
     import torch
 
     from gpu_runner.train.common import memory_figures
-    from gpu_runner.train.outputs import write_adapter
+    from gpu_runner.train.outputs import write_adapter, write_rank_digest
 
     step = trainer.state.global_step
     manifest: dict[str, Any] = {}
@@ -365,6 +365,7 @@ def _finish(
             data=data["summary"],
             libraries=libraries,
         )
+    write_rank_digest(trainer.accelerator.unwrap_model(trainer.model), trainer.args.process_index)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     events.emit(
