@@ -100,4 +100,4 @@ def main(argv: list[str] | None = None) -> int:
         resume_from=args.resume_from,
     )
     with events:
-        return int(run(options, events, is_writer=rank == 0))
+        return int(run(options, events, is_writer=rank == 0, restore_signals=False))

@@ -13,11 +13,13 @@ if TYPE_CHECKING:
     from gpu_runner.train.runner import RunOptions
 
 
-def run(options: RunOptions, events: EventWriter, *, is_writer: bool = True) -> ExitCode:
+def run(
+    options: RunOptions, events: EventWriter, *, is_writer: bool = True, restore_signals: bool = True
+) -> ExitCode:
     """Run one training job (see `gpu_runner.train.runner.run`)."""
     from gpu_runner.train.runner import run as _run
 
-    return _run(options, events, is_writer=is_writer)
+    return _run(options, events, is_writer=is_writer, restore_signals=restore_signals)
 
 
 def __getattr__(name: str) -> Any:

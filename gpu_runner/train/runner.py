@@ -60,8 +60,14 @@ class _Failure(Exception):
         super().__init__(message)
 
 
-def run(options: RunOptions, events: EventWriter, *, is_writer: bool = True) -> ExitCode:
-    """Run one job; returns the process exit code. `is_writer` is False on ranks other than 0."""
+def run(
+    options: RunOptions, events: EventWriter, *, is_writer: bool = True, restore_signals: bool = True
+) -> ExitCode:
+    """Run one job; returns the process exit code. `is_writer` is False on ranks other than 0.
+
+    With `restore_signals=False` (the command line) SIGTERM/SIGINT stay deferred after the run: a stop
+    that arrives once the outcome is written has nothing left to stop, and must not turn a finished run
+    into one killed by a signal while the process exits."""
     stop = StopSwitch()
     stop.install()
     progress = _Progress()
@@ -100,7 +106,10 @@ def run(options: RunOptions, events: EventWriter, *, is_writer: bool = True) -> 
         )
         return ExitCode.FAILED
     finally:
-        stop.uninstall()
+        if restore_signals:
+            stop.uninstall()
+        else:
+            stop.deferred = True
 
 
 def _report_out_of_memory(events: EventWriter, exc: BaseException, progress: _Progress) -> ExitCode:

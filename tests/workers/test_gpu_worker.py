@@ -154,7 +154,8 @@ class Harness:
         return worker
 
     def upload_dataset(self, name: str, lines: int) -> dict[str, str]:
-        data = "".join(TASK_DATA.read_text().splitlines(keepends=True)[:lines]).encode()
+        rows = TASK_DATA.read_text().splitlines(keepends=True)
+        data = "".join(rows[i % len(rows)] for i in range(lines)).encode()  # repeats rows past the file's end
         stored = self.store.put_bytes(f"{TEAM_PREFIX}/files/file-{name}", data)
         self.files[name] = {"key": stored.key, "sha256": stored.sha256}
         return self.files[name]
@@ -208,7 +209,8 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     inbox = ControlInbox(app, control_queue_name)
     h = Harness(home, store, objects.as_uri(), app, inbox, control_queue_name, revision)
     h.upload_dataset("short", 16)  # 8 steps
-    h.upload_dataset("long", 200)  # 100 steps: time to cancel or kill it
+    # 500 steps: an idle machine trains tens of steps a second, and a stop must land mid-run.
+    h.upload_dataset("long", 1000)
     yield h
     inbox.close()
     client = redis.Redis.from_url(BROKER_URL)
@@ -354,7 +356,7 @@ def test_a_stop_marker_cancels_after_a_checkpoint_and_jobs_run_one_at_a_time(
     cancelled = events[-1]
     assert cancelled["type"] == "cancelled" and cancelled["data"]["signal"] == "SIGTERM"
     step = cancelled["data"]["step"]
-    assert 0 < step < 100
+    assert 0 < step < 500
     assert finished["result"]["checkpoint"] == {"step": step, "prefix": f"{prefix}/checkpoints/step-{step}"}
     assert step in [r.kwargs["step"] for r in harness.inbox.of(job_id, "job_checkpoint")]
     assert harness.store.exists(f"{prefix}/checkpoints/step-{step}/tailor_checkpoint.json")
