@@ -223,6 +223,8 @@ class Supervisor:
         self.settings = settings or SupervisorSettings()
         self._pending: list[dict[str, Any]] = []
         self._last_flush = 0.0
+        # The first step is the moment a user waits for: its metrics go out at once, not with the next batch.
+        self._first_step_pending = False
         self._last_stop_poll = 0.0
         self._stop_action: str | None = None
         self._stop_sent_at: float | None = None
@@ -278,6 +280,7 @@ class Supervisor:
         for event in self.tail.read():
             kind, data = event["type"], event.get("data") or {}
             if kind == "metrics" and isinstance(data.get("step"), int):
+                self._first_step_pending = self._first_step_pending or not self._step_metrics
                 self._step_metrics[data["step"]] = data
             elif kind == "checkpoint_saved" and isinstance(data.get("step"), int):
                 self._checkpoint_metrics[data["step"]] = data.get("metrics") or {}
@@ -288,15 +291,18 @@ class Supervisor:
             self._pending.append(event)
 
     def _flush_events(self, final: bool = False) -> None:
-        """Send pending events when 50 are waiting or a second has passed since the last batch."""
+        """Send pending events when 50 are waiting, a second has passed since the last batch, or the first
+        training step has just been logged."""
         now = time.monotonic()
-        while self._pending and (final or len(self._pending) >= self.settings.batch_size
+        while self._pending and (final or self._first_step_pending
+                                 or len(self._pending) >= self.settings.batch_size
                                  or now - self._last_flush >= self.settings.batch_seconds):
             batch = self._pending[: self.settings.batch_size]
             if not self.reporter.send(JOB_EVENTS_TASK, events=batch, retry_for=60 if final else 0):
                 return  # kept for the next round; `seq` makes a resent batch harmless
             del self._pending[: len(batch)]
             self._last_flush = now
+            self._first_step_pending = False
 
     # -- checkpoints --------------------------------------------------------------------------------------
 
