@@ -74,3 +74,8 @@ def _redact(raw_key: str) -> str:
     if len(raw_key) <= 12:
         return "*" * len(raw_key)
     return f"{raw_key[:8]}{'*' * 8}{raw_key[-4:]}"
+
+
+def request_team(request: Request) -> Team:
+    """The team whose API key authenticated `request`: every team-scoped view's scope."""
+    return request.auth.team

@@ -18,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from tailor.core.authentication import request_team
 from tailor.core.errors import InvalidRequest, PayloadTooLarge
 from tailor.core.objectstore import object_store
 from tailor.files.models import new_file_id
@@ -33,13 +34,8 @@ from tailor.files.serializers import (
 )
 from tailor.files.services import file_create, file_delete
 from tailor.files.uploads import MULTIPART_OVERHEAD, ObjectStoreUploadHandler, StoredUpload
-from tailor.teams.models import Team
 
 STREAM_CHUNK = 256 * 1024
-
-
-def _team(request: Request) -> Team:
-    return request.auth.team
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -61,7 +57,7 @@ class FileListCreateView(APIView):
     def get(self, request: Request) -> Response:
         params = FileListParamsSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        page = file_list(team=_team(request), **params.validated_data)
+        page = file_list(team=request_team(request), **params.validated_data)
         data = FileObjectSerializer(page.items, many=True).data
         return Response(page.as_payload(list(data)))
 
@@ -72,7 +68,7 @@ class FileListCreateView(APIView):
         responses={200: FileObjectSerializer, 413: OpenApiResponse(description="File too large")},
     )
     def post(self, request: Request) -> Response:
-        team = _team(request)
+        team = request_team(request)
         limit = settings.TAILOR_MAX_UPLOAD_BYTES
         # Refuse an obviously oversized body before reading any of it.
         if int(request.META.get("CONTENT_LENGTH") or 0) > limit + MULTIPART_OVERHEAD:
@@ -119,11 +115,11 @@ class FileListCreateView(APIView):
 class FileDetailView(APIView):
     @extend_schema(operation_id="files_retrieve", summary="Retrieve a file", responses=FileObjectSerializer)
     def get(self, request: Request, file_id: str) -> Response:
-        return Response(FileObjectSerializer(file_get(team=_team(request), file_id=file_id)).data)
+        return Response(FileObjectSerializer(file_get(team=request_team(request), file_id=file_id)).data)
 
     @extend_schema(operation_id="files_delete", summary="Delete a file", responses=FileDeletedSerializer)
     def delete(self, request: Request, file_id: str) -> Response:
-        file = file_delete(file=file_get(team=_team(request), file_id=file_id))
+        file = file_delete(file=file_get(team=request_team(request), file_id=file_id))
         return Response(FileDeletedSerializer({"id": file.public_id, "deleted": True}).data)
 
 
@@ -134,7 +130,7 @@ class FileContentView(APIView):
         responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
     )
     def get(self, request: Request, file_id: str) -> StreamingHttpResponse:
-        file = file_get(team=_team(request), file_id=file_id)
+        file = file_get(team=request_team(request), file_id=file_id)
         stream = file_open_content(file=file)
         response = StreamingHttpResponse(_iter_chunks(stream), content_type="application/octet-stream")
         response["Content-Length"] = str(file.bytes)
@@ -152,7 +148,7 @@ class FileReportView(APIView):
         operation_id="files_report", summary="A file's full validation report", responses=FileReportSerializer
     )
     def get(self, request: Request, file_id: str) -> Response:
-        return Response(FileReportSerializer(file_get(team=_team(request), file_id=file_id)).data)
+        return Response(FileReportSerializer(file_get(team=request_team(request), file_id=file_id)).data)
 
 
 def _iter_chunks(stream: Any) -> Any:

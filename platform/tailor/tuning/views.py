@@ -12,8 +12,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from tailor.core.authentication import request_team
 from tailor.core.errors import InvalidRequest
-from tailor.teams.models import Team
 from tailor.tuning.selectors import job_checkpoints, job_events, job_get, job_list, team_model, team_models
 from tailor.tuning.serializers import (
     CheckpointListParamsSerializer,
@@ -32,10 +32,6 @@ from tailor.tuning.serializers import (
 from tailor.tuning.services import job_cancel, job_create, job_pause, job_resume
 
 JOB_ID = OpenApiParameter("fine_tuning_job_id", OpenApiTypes.STR, OpenApiParameter.PATH)
-
-
-def _team(request: Request) -> Team:
-    return request.auth.team
 
 
 def _metadata_filter(query: Any) -> tuple[dict[str, str], bool]:
@@ -77,7 +73,7 @@ class JobListCreateView(APIView):
         params.is_valid(raise_exception=True)
         pairs, is_null = _metadata_filter(request.query_params)
         page = job_list(
-            team=_team(request), **params.validated_data, metadata=pairs, metadata_is_null=is_null
+            team=request_team(request), **params.validated_data, metadata=pairs, metadata_is_null=is_null
         )
         data = FineTuningJobSerializer(page.items, many=True).data
         return Response(page.as_payload(list(data)))
@@ -91,7 +87,7 @@ class JobListCreateView(APIView):
     def post(self, request: Request) -> Response:
         params = JobCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        job = job_create(team=_team(request), **params.validated_data)
+        job = job_create(team=request_team(request), **params.validated_data)
         return Response(FineTuningJobSerializer(job).data)
 
 
@@ -103,15 +99,19 @@ class JobDetailView(APIView):
         responses=FineTuningJobSerializer,
     )
     def get(self, request: Request, fine_tuning_job_id: str) -> Response:
-        return Response(FineTuningJobSerializer(job_get(team=_team(request), job_id=fine_tuning_job_id)).data)
+        return Response(
+            FineTuningJobSerializer(job_get(team=request_team(request), job_id=fine_tuning_job_id)).data
+        )
 
 
 class _JobActionView(APIView):
     """POST with no body that applies one service to the job."""
 
     def act(self, request: Request, fine_tuning_job_id: str, service: Any) -> Response:
-        job = service(job=job_get(team=_team(request), job_id=fine_tuning_job_id))
-        return Response(FineTuningJobSerializer(job_get(team=_team(request), job_id=job.public_id)).data)
+        job = service(job=job_get(team=request_team(request), job_id=fine_tuning_job_id))
+        return Response(
+            FineTuningJobSerializer(job_get(team=request_team(request), job_id=job.public_id)).data
+        )
 
 
 class JobCancelView(_JobActionView):
@@ -160,7 +160,7 @@ class JobEventListView(APIView):
     def get(self, request: Request, fine_tuning_job_id: str) -> Response:
         params = EventListParamsSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        job = job_get(team=_team(request), job_id=fine_tuning_job_id)
+        job = job_get(team=request_team(request), job_id=fine_tuning_job_id)
         page = job_events(job=job, **params.validated_data)
         return Response(page.as_payload(list(JobEventSerializer(page.items, many=True).data)))
 
@@ -175,7 +175,7 @@ class JobCheckpointListView(APIView):
     def get(self, request: Request, fine_tuning_job_id: str) -> Response:
         params = CheckpointListParamsSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        job = job_get(team=_team(request), job_id=fine_tuning_job_id)
+        job = job_get(team=request_team(request), job_id=fine_tuning_job_id)
         page = job_checkpoints(job=job, **params.validated_data)
         for checkpoint in page.items:
             checkpoint.job = job
@@ -189,7 +189,7 @@ class ModelListView(APIView):
         responses=ModelListSerializer,
     )
     def get(self, request: Request) -> Response:
-        entries = team_models(team=_team(request))
+        entries = team_models(team=request_team(request))
         return Response({"object": "list", "data": ModelSerializer(entries, many=True).data})
 
 
@@ -201,4 +201,4 @@ class ModelDetailView(APIView):
         responses=ModelSerializer,
     )
     def get(self, request: Request, model: str) -> Response:
-        return Response(ModelSerializer(team_model(team=_team(request), model_id=model)).data)
+        return Response(ModelSerializer(team_model(team=request_team(request), model_id=model)).data)

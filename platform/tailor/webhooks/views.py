@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tailor.teams.models import Team
+from tailor.core.authentication import request_team
 from tailor.webhooks.selectors import delivery_list, endpoint_get, endpoint_list
 from tailor.webhooks.serializers import (
     DeliveryListParamsSerializer,
@@ -25,16 +25,12 @@ from tailor.webhooks.services import endpoint_create, endpoint_delete, endpoint_
 ENDPOINT_ID = OpenApiParameter("endpoint_id", OpenApiTypes.STR, OpenApiParameter.PATH)
 
 
-def _team(request: Request) -> Team:
-    return request.auth.team
-
-
 class EndpointListCreateView(APIView):
     @extend_schema(
         operation_id="webhooks_list", summary="List webhook endpoints", responses=EndpointListSerializer
     )
     def get(self, request: Request) -> Response:
-        data = EndpointSerializer(endpoint_list(team=_team(request)), many=True).data
+        data = EndpointSerializer(endpoint_list(team=request_team(request)), many=True).data
         return Response({"object": "list", "data": data})
 
     @extend_schema(
@@ -46,7 +42,7 @@ class EndpointListCreateView(APIView):
     def post(self, request: Request) -> Response:
         params = EndpointCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        endpoint = endpoint_create(team=_team(request), **params.validated_data)
+        endpoint = endpoint_create(team=request_team(request), **params.validated_data)
         return Response(EndpointWithSecretSerializer(endpoint).data)
 
 
@@ -58,7 +54,9 @@ class EndpointDetailView(APIView):
         responses=EndpointSerializer,
     )
     def get(self, request: Request, endpoint_id: str) -> Response:
-        return Response(EndpointSerializer(endpoint_get(team=_team(request), endpoint_id=endpoint_id)).data)
+        return Response(
+            EndpointSerializer(endpoint_get(team=request_team(request), endpoint_id=endpoint_id)).data
+        )
 
     @extend_schema(
         operation_id="webhooks_update",
@@ -68,7 +66,7 @@ class EndpointDetailView(APIView):
         responses=EndpointSerializer,
     )
     def patch(self, request: Request, endpoint_id: str) -> Response:
-        endpoint = endpoint_get(team=_team(request), endpoint_id=endpoint_id)
+        endpoint = endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
         params = EndpointUpdateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         return Response(EndpointSerializer(endpoint_update(endpoint=endpoint, **params.validated_data)).data)
@@ -80,7 +78,7 @@ class EndpointDetailView(APIView):
         responses={204: OpenApiResponse(description="Deleted")},
     )
     def delete(self, request: Request, endpoint_id: str) -> Response:
-        endpoint_delete(endpoint=endpoint_get(team=_team(request), endpoint_id=endpoint_id))
+        endpoint_delete(endpoint=endpoint_get(team=request_team(request), endpoint_id=endpoint_id))
         return Response(status=204)
 
 
@@ -93,7 +91,9 @@ class EndpointRotateSecretView(APIView):
         responses=EndpointWithSecretSerializer,
     )
     def post(self, request: Request, endpoint_id: str) -> Response:
-        endpoint = endpoint_rotate_secret(endpoint=endpoint_get(team=_team(request), endpoint_id=endpoint_id))
+        endpoint = endpoint_rotate_secret(
+            endpoint=endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
+        )
         return Response(EndpointWithSecretSerializer(endpoint).data)
 
 
@@ -107,6 +107,6 @@ class DeliveryListView(APIView):
     def get(self, request: Request, endpoint_id: str) -> Response:
         params = DeliveryListParamsSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        endpoint = endpoint_get(team=_team(request), endpoint_id=endpoint_id)
+        endpoint = endpoint_get(team=request_team(request), endpoint_id=endpoint_id)
         page = delivery_list(endpoint=endpoint, **params.validated_data)
         return Response(page.as_payload(list(DeliverySerializer(page.items, many=True).data)))
