@@ -38,8 +38,24 @@ RECONCILE_TASK = "tailor.control.reconcile"
 CLEAN_ORPHANS_TASK = "tailor.control.clean_orphans"
 DELIVER_WEBHOOK_TASK = "tailor.control.deliver_webhook"
 DELIVER_DUE_WEBHOOKS_TASK = "tailor.control.deliver_due_webhooks"
+# The adapter registry (docs/serving.md): pushes and unloads, the endpoint agent's reports, and the sweeps.
+DEPLOY_TASK = "tailor.control.deploy"
+UNDEPLOY_TASK = "tailor.control.undeploy"
+DEPLOYMENT_PUSHED_TASK = "tailor.control.deployment_pushed"
+DEPLOYMENTS_SWEEP_TASK = "tailor.control.deployments_sweep"
+CHECK_ENDPOINTS_TASK = "tailor.control.check_endpoints"
+PURGE_ADAPTERS_TASK = "tailor.control.purge_adapters"
 # The one task GPU workers consume, sent to the queue of the job's GPU class.
 RUN_JOB_TASK = "tailor.gpu.run_job"
+# What the endpoint agent beside a vLLM server consumes, on its endpoint's queue (`agent_queue`).
+AGENT_DEPLOY_TASK = "tailor.agent.deploy"
+AGENT_UNDEPLOY_TASK = "tailor.agent.undeploy"
+AGENT_QUEUE_PREFIX = "endpoint."
+
+
+def agent_queue(endpoint_name: str) -> str:
+    """The queue the endpoint agent of `endpoint_name` consumes."""
+    return f"{AGENT_QUEUE_PREFIX}{endpoint_name}"
 
 
 def control_queue(environ: Mapping[str, str] | None = None) -> str:
@@ -78,6 +94,9 @@ def beat_schedule(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     - `TAILOR_RECONCILE_INTERVAL` (15): requeue jobs whose lease expired, re-send lost dispatches.
     - `TAILOR_WEBHOOK_RETRY_INTERVAL` (5): send webhook deliveries whose retry is due.
     - `TAILOR_ORPHAN_SWEEP_INTERVAL` (3600): remove uploaded bytes that never became a file.
+    - `TAILOR_DEPLOY_SWEEP_INTERVAL` (10): re-send deployments whose retry is due or whose push stalled.
+    - `TAILOR_ENDPOINT_HEALTH_INTERVAL` (30): check every inference endpoint's health.
+    - `TAILOR_ADAPTER_PURGE_INTERVAL` (600): remove the objects of deleted adapters nothing serves.
     """
 
     def entry(task: str, seconds: float) -> dict[str, Any]:
@@ -93,6 +112,13 @@ def beat_schedule(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         "clean-orphaned-uploads": entry(
             CLEAN_ORPHANS_TASK, _seconds(environ, "TAILOR_ORPHAN_SWEEP_INTERVAL", 3600)
         ),
+        "sweep-deployments": entry(
+            DEPLOYMENTS_SWEEP_TASK, _seconds(environ, "TAILOR_DEPLOY_SWEEP_INTERVAL", 10)
+        ),
+        "check-endpoints": entry(
+            CHECK_ENDPOINTS_TASK, _seconds(environ, "TAILOR_ENDPOINT_HEALTH_INTERVAL", 30)
+        ),
+        "purge-adapters": entry(PURGE_ADAPTERS_TASK, _seconds(environ, "TAILOR_ADAPTER_PURGE_INTERVAL", 600)),
     }
 
 

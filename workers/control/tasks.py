@@ -10,6 +10,8 @@ GPU workers publish these tasks by name (`workers.app.*_TASK`) and never import 
 - `reconcile`: expired leases, lost dispatches, lost stop markers (beat).
 - `clean_orphans`: uploaded bytes that never became a file (beat, hourly).
 - `deliver_webhook`, `deliver_due_webhooks`: webhook deliveries and their retries (beat).
+- `deploy`, `undeploy`, `deployment_pushed`: adapter pushes and unloads, the endpoint agent's reports.
+- `deployments_sweep`, `check_endpoints`, `purge_adapters`: the registry's periodic work (beat).
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError
 from tailor.files.services import file_fail_validation, file_validate
+from tailor.registry.models import InferenceEndpoint
+from tailor.registry.services import (
+    adapters_purge,
+    deployment_pushed,
+    deployment_run,
+    deployment_run_undeploy,
+    deployments_due,
+    endpoint_check_health,
+)
 from tailor.tuning.scheduler import clean_orphaned_uploads, reconcile, schedule_jobs
 from tailor.tuning.services import (
     job_report_checkpoint,
@@ -32,16 +43,22 @@ from tailor.tuning.services import (
 from tailor.webhooks.services import deliveries_due, delivery_attempt, enqueue_delivery
 
 from workers.app import (
+    CHECK_ENDPOINTS_TASK,
     CLEAN_ORPHANS_TASK,
     DELIVER_DUE_WEBHOOKS_TASK,
     DELIVER_WEBHOOK_TASK,
+    DEPLOY_TASK,
+    DEPLOYMENT_PUSHED_TASK,
+    DEPLOYMENTS_SWEEP_TASK,
     JOB_CHECKPOINT_TASK,
     JOB_EVENTS_TASK,
     JOB_FINISHED_TASK,
     JOB_HEARTBEAT_TASK,
     JOB_STARTED_TASK,
+    PURGE_ADAPTERS_TASK,
     RECONCILE_TASK,
     SCHEDULE_TASK,
+    UNDEPLOY_TASK,
     VALIDATE_FILE_TASK,
     app,
 )
@@ -178,3 +195,61 @@ def deliver_due_webhooks() -> None:
     """Hand every webhook delivery whose retry is due to a worker."""
     for delivery_id in deliveries_due():
         enqueue_delivery(delivery_id)
+
+
+# The adapter registry ---------------------------------------------------------------------------------
+
+# A push downloads the adapter and waits for the server to load it and answer a smoke request.
+DEPLOY_LIMITS: dict[str, Any] = {**BOOKKEEPING, "soft_time_limit": 900, "time_limit": 960}
+
+
+@app.task(name=DEPLOY_TASK, **DEPLOY_LIMITS)
+def deploy(deployment_id: str) -> None:
+    """Push a pending deployment: gate, delivery, load, smoke; transient failures are retried by the
+    deployment's own backoff (it goes back to pending with a due time)."""
+    deployment = deployment_run(deployment_id=str(deployment_id))
+    if deployment is not None:
+        logger.info("%s: %s %s", deployment.public_id, deployment.status, deployment.last_error or "")
+
+
+@app.task(name=UNDEPLOY_TASK, bind=True, **BOOKKEEPING)
+def undeploy(self: Any, deployment_id: str) -> None:
+    """Unload an undeploying deployment from its endpoint and remove delivered files; an unreachable
+    endpoint is tried again with backoff (the sweep re-sends it after that)."""
+    from gpu_runner.endpoints.errors import EndpointError
+
+    try:
+        deployment_run_undeploy(deployment_id=str(deployment_id))
+    except EndpointError as exc:
+        raise self.retry(exc=exc, countdown=min(2 ** (self.request.retries + 1), 60)) from None
+
+
+@app.task(name=DEPLOYMENT_PUSHED_TASK, **BOOKKEEPING)
+def deployment_pushed_report(
+    deployment_id: str, attempt: int, action: str, error: dict[str, Any] | None = None
+) -> None:
+    """The endpoint agent's report: it loaded (or unloaded) the adapter, or says why not."""
+    deployment_pushed(deployment_id=str(deployment_id), attempt=int(attempt), action=str(action), error=error)
+
+
+@app.task(name=DEPLOYMENTS_SWEEP_TASK, **PERIODIC)
+def deployments_sweep() -> None:
+    """Re-send deployments whose retry is due, and pushes or undeploys that went silent."""
+    sent = deployments_due()
+    if sent:
+        logger.info("deployments re-sent: %s", ", ".join(sent))
+
+
+@app.task(name=CHECK_ENDPOINTS_TASK, **PERIODIC)
+def check_endpoints() -> None:
+    """Record every enabled endpoint's health."""
+    for endpoint in InferenceEndpoint.objects.filter(enabled=True):
+        endpoint_check_health(endpoint=endpoint)
+
+
+@app.task(name=PURGE_ADAPTERS_TASK, **{**PERIODIC, "soft_time_limit": 1800, "time_limit": 1900})
+def purge_adapters() -> None:
+    """Remove the objects of deleted adapters that nothing serves any more."""
+    purged = adapters_purge()
+    if purged:
+        logger.info("purged %s deleted adapters", purged)

@@ -18,6 +18,7 @@ INSTALLED_APPS = [
     "tailor.files",
     "tailor.tuning",
     "tailor.webhooks",
+    "tailor.registry",
 ]
 
 MIDDLEWARE = [

@@ -244,8 +244,22 @@ class Adapter(models.Model):
     job = models.OneToOneField(FineTuningJob, on_delete=models.PROTECT, related_name="adapter")
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="adapters")
     name = models.CharField(max_length=400, unique=True, help_text="The fine_tuned_model name clients use.")
-    version = models.PositiveIntegerField(default=1)
+    family = models.CharField(
+        max_length=400,
+        db_index=True,
+        default="",
+        help_text="`ft:<base>:<team>:<suffix>`: the adapters of one team, base and suffix are versions of it.",
+    )
+    version = models.PositiveIntegerField(default=1, help_text="1, 2, … within the family.")
     prefix = models.CharField(max_length=512, help_text="Object-store prefix of the adapter directory.")
+    config = models.JSONField(default=dict, help_text="adapter_config.json as PEFT wrote it.")
+    lineage = models.JSONField(
+        default=dict,
+        help_text="Job, training/validation files with digests, base model and revision, resolved "
+        "hyperparameters, library versions.",
+    )
+    formats = models.JSONField(default=list, help_text="Formats held, e.g. ['peft-safetensors'].")
+    size_bytes = models.BigIntegerField(default=0)
     rank = models.PositiveIntegerField(null=True, blank=True)
     alpha = models.FloatField(null=True, blank=True)
     target_modules = models.JSONField(default=list)
@@ -255,9 +269,15 @@ class Adapter(models.Model):
     metrics = models.JSONField(default=dict)
     trained_tokens = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Soft delete: hidden from clients at once; the purge task removes the objects once nothing serves it.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    purged_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "family", "version"], name="adapter_version_unique"),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -122,14 +122,21 @@ class ModelEntry:
 
 
 def team_models(*, team: Team) -> list[ModelEntry]:
-    """The base models the team may fine-tune, then its fine-tuned models (newest first)."""
+    """What the team can call: the base models it may use, its fine-tuned models (newest first), then
+    its aliases (`<family>@<alias>`)."""
     entries = [
         ModelEntry(id=base.name, created=base.created_at, owned_by="tailor")
         for base in base_models_for_team(team=team)
     ]
     entries.extend(
         ModelEntry(id=adapter.name, created=adapter.created_at, owned_by=team.slug)
-        for adapter in Adapter.objects.filter(team=team).order_by("-id")
+        for adapter in Adapter.objects.filter(team=team, deleted_at__isnull=True).order_by("-id")
+    )
+    from tailor.registry.models import AdapterAlias
+
+    entries.extend(
+        ModelEntry(id=alias.model_id, created=alias.updated_at, owned_by=team.slug)
+        for alias in AdapterAlias.objects.filter(team=team).order_by("family", "name")
     )
     return entries
 

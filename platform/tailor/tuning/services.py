@@ -860,23 +860,63 @@ def _succeed(
         return False
     adapter_meta = manifest.get("adapter") if isinstance(manifest.get("adapter"), dict) else {}
     targets = adapter_meta.get("target_modules", config.get("target_modules"))
-    Adapter.objects.create(
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    family = name.rsplit(":", 1)[0]
+    # Versions count within the family; the job row is locked and a family's jobs finish one report at a
+    # time per job, while the unique constraint guards against two finishing in the same instant.
+    newest = (
+        Adapter.objects.filter(team=job.team, family=family)
+        .order_by("-version")
+        .values_list("version", flat=True)
+        .first()
+    )
+    adapter = Adapter.objects.create(
         team=job.team,
         job=job,
         base_model=job.base_model,
         name=name,
+        family=family,
+        version=(newest or 0) + 1,
+        config=config if isinstance(config, dict) else {},
+        lineage=_adapter_lineage(job, manifest),
+        formats=["peft-safetensors"],
+        size_bytes=sum(int(entry.get("bytes") or 0) for entry in files.values() if isinstance(entry, dict)),
         prefix=str(result["adapter_prefix"]).rstrip("/"),
         rank=adapter_meta.get("r", config.get("r")),
         alpha=adapter_meta.get("lora_alpha", config.get("lora_alpha")),
         target_modules=sorted(targets) if isinstance(targets, list) else ([targets] if targets else []),
         use_dora=bool(adapter_meta.get("use_dora", config.get("use_dora", False))),
         use_rslora=bool(adapter_meta.get("use_rslora", config.get("use_rslora", False))),
-        files=manifest.get("files") if isinstance(manifest.get("files"), dict) else {},
+        files=files,
         metrics=manifest.get("metrics") if isinstance(manifest.get("metrics"), dict) else {},
         trained_tokens=trained_tokens,
     )
     _record_event(job.pk, f"New fine-tuned model created: {name}", data={"fine_tuned_model": name}, at=now)
+    from tailor.registry.services import adapter_auto_deploy
+
+    adapter_auto_deploy(adapter=adapter)
     return True
+
+
+def _adapter_lineage(job: FineTuningJob, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Where an adapter came from: enough to reproduce it or to audit what it was trained on."""
+
+    def file_entry(file: File | None) -> dict[str, Any] | None:
+        if file is None:
+            return None
+        return {"id": file.public_id, "filename": file.filename, "sha256": file.sha256, "bytes": file.bytes}
+
+    return {
+        "job": job.public_id,
+        "method": job.method,
+        "seed": job.seed,
+        "training_file": file_entry(job.training_file),
+        "validation_file": file_entry(job.validation_file),
+        "base_model": {"name": job.base_model.name, "revision": job.base_model.revision},
+        "hyperparameters": manifest.get("hyperparameters") or job.resolved_hyperparameters,
+        "libraries": manifest.get("libraries") if isinstance(manifest.get("libraries"), dict) else {},
+        "steps": manifest.get("steps"),
+    }
 
 
 def requeue_or_fail(

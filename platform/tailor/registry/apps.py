@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class RegistryConfig(AppConfig):
+    """Adapter versions and aliases, inference endpoints, deployments and auto-deploy policies."""
+
+    name = "tailor.registry"
+    label = "registry"
+    verbose_name = "Adapter registry"
