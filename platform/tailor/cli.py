@@ -4,6 +4,7 @@ tailor migrate | runserver | createteam … | createkey … | check --deploy | �
 tailor worker control [celery worker options]   consume the control queue (validation, job bookkeeping)
 tailor worker gpu --gpu-class NAME [options]     train jobs of one GPU class (workers.gpu; no database)
 tailor worker beat [celery beat options]         send the periodic control tasks (scheduler, reconciler)
+tailor worker agent --endpoint NAME              deliver adapters to the vLLM server beside it (no database)
 tailor basemodel add NAME --source DIR           register a base model teams may fine-tune
 tailor demo                                      the walkthrough behind `make demo`
 """
@@ -28,7 +29,7 @@ def _load_settings() -> str | None:
     return None
 
 
-WORKERS = ("control", "gpu", "beat")
+WORKERS = ("control", "gpu", "beat", "agent")
 
 
 def run_worker(kind: str, extra: Sequence[str]) -> int:
@@ -38,6 +39,10 @@ def run_worker(kind: str, extra: Sequence[str]) -> int:
         from workers.gpu import main as gpu_main
 
         return int(gpu_main(list(extra)) or 0)
+    if kind == "agent":
+        from workers.agent import main as agent_main
+
+        return int(agent_main(list(extra)) or 0)
     if kind not in WORKERS:
         print(f"tailor worker: unknown worker {kind!r}; available: {', '.join(WORKERS)}", file=sys.stderr)
         return 2
