@@ -15,176 +15,20 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import signal
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from django.core.management import call_command
-from django.test import override_settings
 from openai import OpenAI
 from tailor.tuning.models import Adapter, FineTuningJob
 
-from gpu_runner.tiny_model import build_tiny_model, default_model_dir
-from tests.tailor.factories import TeamFactory, issue_key
-from tests.tailor.processes import (
-    PlatformProcess,
-    delete_queue,
-    platform_env,
-    start_control_worker,
-    start_platform_process,
-    wait_for,
-)
+from tests.e2e.harness import LONG, LONG_STEPS, QUICK, TRAINING_TIMEOUT, Platform, upload, wait_job
+from tests.tailor.processes import wait_for
 from tests.tailor.webhook_receiver import webhook_receiver
 from workers.app import JOB_FINISHED_TASK, app
 
 pytestmark = [pytest.mark.integration, pytest.mark.training, pytest.mark.django_db(transaction=True)]
-
-ROOT = Path(__file__).resolve().parents[2]
-TASK_DATA = ROOT / "gpu_runner" / "data" / "task"
-LEASE_SECONDS, HEARTBEAT_SECONDS = 10, 2
-TRAINING_TIMEOUT = 240
-# Few steps, short sequences, no gradient checkpointing: seconds per run on a CPU.
-QUICK = {
-    "n_epochs": 1,
-    "batch_size": 4,
-    "learning_rate": 0.002,
-    "max_seq_length": 256,
-    "gradient_checkpointing": False,
-}
-# 64 examples, 2 per step, 8 epochs: 256 steps, a checkpoint every 16. The tiny model trains tens of
-# steps a second on an idle machine, so a shorter run can end before a stop marker is even read.
-LONG = {**QUICK, "batch_size": 2, "n_epochs": 8, "n_checkpoints": 16}
-LONG_STEPS = 256
-
-
-def jsonl(name: str, lines: int) -> bytes:
-    return "".join((TASK_DATA / name).read_text().splitlines(keepends=True)[:lines]).encode()
-
-
-@dataclass
-class Platform:
-    env: dict[str, str]
-    home: Path
-    gpu_queue: str
-    control: PlatformProcess
-    beat: PlatformProcess
-    gpu: PlatformProcess | None = None
-    started: int = 0
-
-    def start_gpu_worker(self) -> PlatformProcess:
-        """A `tailor worker gpu` process of its own home (its model cache and work folders)."""
-        self.started += 1
-        home = self.home / f"gpu-{self.started}"
-        home.mkdir()
-        env = {**self.env, "TAILOR_HOME": str(home), "TAILOR_GPU_QUEUE": self.gpu_queue}
-        return start_platform_process(
-            f"gpu-worker-{self.started}",
-            ["worker", "gpu", "--gpu-class", "default"],
-            env,
-            home,
-            ready=lambda proc: " ready." in proc.log(),
-        )
-
-    def logs(self) -> str:
-        shown = [p for p in (self.control, self.gpu, self.beat) if p is not None]
-        return "\n".join(f"--- {p.name}\n{p.log()[-2500:]}" for p in shown)
-
-
-@pytest.fixture(scope="module")
-def platform(
-    django_db_setup: None, storage_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Platform]:
-    control_queue, gpu_queue = f"control-e2e-{uuid.uuid4().hex[:8]}", f"gpu-e2e-{uuid.uuid4().hex[:8]}"
-    previous = os.environ["TAILOR_CONTROL_QUEUE"]
-    os.environ["TAILOR_CONTROL_QUEUE"] = control_queue
-    home = tmp_path_factory.mktemp("jobs-e2e")
-    settings = {
-        "TAILOR_GPU_CLASSES": f"default:24:{gpu_queue}",
-        "TAILOR_LEASE_SECONDS": str(LEASE_SECONDS),
-        "TAILOR_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
-        "TAILOR_WEBHOOK_ALLOW_PRIVATE": "true",
-    }
-    env = platform_env(
-        home,
-        storage_url,
-        TAILOR_CONTROL_QUEUE=control_queue,
-        TAILOR_SCHEDULE_INTERVAL="2",
-        TAILOR_RECONCILE_INTERVAL="2",
-        TAILOR_WEBHOOK_RETRY_INTERVAL="2",
-        HF_HUB_OFFLINE="1",
-        OMP_NUM_THREADS="2",
-        **settings,
-    )
-    overrides = override_settings(
-        TAILOR_GPU_CLASSES=settings["TAILOR_GPU_CLASSES"],
-        TAILOR_LEASE_SECONDS=LEASE_SECONDS,
-        TAILOR_HEARTBEAT_SECONDS=HEARTBEAT_SECONDS,
-        TAILOR_WEBHOOK_ALLOW_PRIVATE=True,
-    )
-    overrides.enable()
-    processes: list[PlatformProcess] = []
-    try:
-        control = start_control_worker(env, home, name="e2e-control-worker")
-        processes.append(control)
-        beat = start_platform_process(
-            "e2e-beat", ["worker", "beat"], env, home, ready=lambda proc: "beat: Starting" in proc.log()
-        )
-        processes.append(beat)
-        platform = Platform(env, home, gpu_queue, control, beat)
-        platform.gpu = platform.start_gpu_worker()
-        try:
-            yield platform
-        finally:
-            processes.append(platform.gpu)
-    finally:
-        for process in processes:
-            process.stop()
-        overrides.disable()
-        os.environ["TAILOR_CONTROL_QUEUE"] = previous
-        delete_queue(control_queue)
-        delete_queue(gpu_queue)
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir() -> Path:
-    return build_tiny_model(default_model_dir())
-
-
-@pytest.fixture
-def client(platform: Platform, live_server: Any, tiny_model_dir: Path) -> OpenAI:
-    """A new team with `tailor-tiny` registered, as the SDK sees it."""
-    call_command(
-        "basemodel",
-        "add",
-        "tailor-tiny",
-        "--source",
-        str(tiny_model_dir),
-        stdout=io.StringIO(),
-        stderr=io.StringIO(),
-    )
-    secret = issue_key(TeamFactory()).secret
-    return OpenAI(base_url=f"{live_server.url}/v1", api_key=secret, max_retries=0)
-
-
-def upload(client: OpenAI, name: str, lines: int) -> str:
-    return client.files.create(file=(name, jsonl(name, lines)), purpose="fine-tune").id
-
-
-def wait_job(
-    client: OpenAI, platform: Platform, job_id: str, *statuses: str, timeout: float = TRAINING_TIMEOUT
-) -> Any:
-    return wait_for(
-        lambda: (job := client.fine_tuning.jobs.retrieve(job_id)).status in statuses and job,
-        timeout=timeout,
-        interval=0.5,
-        message=f"{job_id} to be {' or '.join(statuses)}\n{platform.logs()}",
-    )
 
 
 def internal_status(job_id: str) -> str:
