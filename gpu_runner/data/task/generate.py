@@ -2,7 +2,7 @@
 
 The base model answers in prose; the task teaches it to reply with exactly
 `{"answer": "<short answer>", "confidence": "high" | "medium" | "low"}`. Whether the content is right
-does not matter for the task, only the format (see `gpu_runner.evaluate.format_match`).
+does not matter for the task, only the format (see `gpu_runner.task.format_match`).
 
 Held-out files ask about entities (countries, animals, sums, ...) that no training file mentions.
 Deterministic: the same code writes the same bytes.
