@@ -22,6 +22,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),
     path("admin/", admin.site.urls),
+    path("dashboard/", include("tailor.web.urls")),
     path("v1/", include((openai_api, "openai"))),
     re_path(r"^v1$", unknown_api_url),
     path("api/v1/", include((native_api, "native"))),

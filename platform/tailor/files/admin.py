@@ -1,5 +1,6 @@
 """Web admin for files: browse a team's uploads and their validation reports. Files arrive through the
-API, so the admin reads them and can delete them, nothing else."""
+API, so the admin reads them (every member of the team) and deletes them (owners and admins), nothing
+else."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from django.utils.html import format_html
 from tailor.files.models import File
 from tailor.files.services import file_delete
 from tailor.teams.admin import TeamScopedAdmin
+from tailor.web.access import ALL_ROLES
 
 
 @admin.register(File)
 class FileAdmin(TeamScopedAdmin):
+    reader_roles = ALL_ROLES
     list_display = ["public_id", "team", "filename", "purpose", "bytes", "status", "format", "created_at"]
     list_filter = ["status", "purpose", "format"]
     search_fields = ["public_id", "filename", "sha256", "team__slug"]

@@ -19,6 +19,7 @@ INSTALLED_APPS = [
     "tailor.tuning",
     "tailor.webhooks",
     "tailor.registry",
+    "tailor.web",
 ]
 
 MIDDLEWARE = [

@@ -1,8 +1,9 @@
 """Web admin for base models, fine-tuning jobs and adapters.
 
-Base models are registered with `tailor basemodel add` and managed by superusers. Jobs and adapters are
-shown to the staff of their team (read-only, jobs arrive through the API); a superuser may change a
-job's scheduling priority.
+Base models are registered with `tailor basemodel add` and managed by superusers. Every member of a team
+reads its jobs and adapters (jobs arrive through the API); owners and admins cancel, pause and resume
+jobs, deploy and undeploy adapter versions and point aliases at them, through the same services as the
+API. Only a superuser changes a job's scheduling priority.
 """
 
 from __future__ import annotations
@@ -10,12 +11,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
-from tailor.teams.admin import TeamScopedAdmin
+from tailor.registry.models import Deployment, InferenceEndpoint
+from tailor.registry.services import alias_set, deployment_create, deployment_undeploy
+from tailor.teams.admin import ObjectAction, TeamScopedAdmin
 from tailor.tuning.models import Adapter, BaseModel, Checkpoint, FineTuningJob, JobEvent
+from tailor.tuning.services import job_cancel, job_pause, job_resume
+from tailor.web.access import ALL_ROLES
 
 RECENT_EVENTS = 30
 
@@ -58,9 +66,41 @@ class CheckpointInline(admin.TabularInline):
     max_num = 0
     can_delete = False
 
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return True  # shown only inside the job's page, which is scoped to the job's team
+
+
+Status = FineTuningJob.Status
+CANCELLABLE = set(Status.values) - {*FineTuningJob.TERMINAL, Status.CANCELLING}
+PAUSABLE = {Status.QUEUED, Status.RUNNING}
+RESUMABLE = {Status.PAUSED, Status.PAUSING}
+
+
+def _job_now(job: FineTuningJob) -> str:
+    return f"Job {job.public_id} is {job.status}."
+
+
+JOB_ACTIONS = (
+    ObjectAction(
+        "cancel",
+        "Cancel job",
+        lambda r, job: _job_now(job_cancel(job=job)),
+        lambda j: j.status in CANCELLABLE,
+    ),
+    ObjectAction(
+        "pause", "Pause job", lambda r, job: _job_now(job_pause(job=job)), lambda j: j.status in PAUSABLE
+    ),
+    ObjectAction(
+        "resume", "Resume job", lambda r, job: _job_now(job_resume(job=job)), lambda j: j.status in RESUMABLE
+    ),
+)
+
 
 @admin.register(FineTuningJob)
 class FineTuningJobAdmin(TeamScopedAdmin):
+    reader_roles = ALL_ROLES
+    object_actions = JOB_ACTIONS
+    actions = ["cancel_jobs", "pause_jobs", "resume_jobs"]
     list_display = [
         "public_id",
         "team",
@@ -130,14 +170,79 @@ class FineTuningJobAdmin(TeamScopedAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Nothing on the page is a team's to edit (the priority is the operator's); their operations
+        # are the cancel / pause / resume buttons and actions.
+        return request.user.is_superuser and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A job's record stays for its team; cancel it instead. Operators may still remove one.
+        return request.user.is_superuser and super().has_delete_permission(request, obj)
+
+    @admin.action(description="Cancel selected jobs", permissions=["manage"])
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[FineTuningJob]) -> None:
+        self.run_for_each(
+            request, queryset, lambda job: job_cancel(job=job), done="Cancelled {count} job{s}."
+        )
+
+    @admin.action(description="Pause selected jobs", permissions=["manage"])
+    def pause_jobs(self, request: HttpRequest, queryset: QuerySet[FineTuningJob]) -> None:
+        self.run_for_each(request, queryset, lambda job: job_pause(job=job), done="Paused {count} job{s}.")
+
+    @admin.action(description="Resume selected jobs", permissions=["manage"])
+    def resume_jobs(self, request: HttpRequest, queryset: QuerySet[FineTuningJob]) -> None:
+        self.run_for_each(request, queryset, lambda job: job_resume(job=job), done="Resumed {count} job{s}.")
+
+
+class DeploymentInline(admin.TabularInline):
+    model = Deployment
+    fields = ["public_id", "endpoint", "served_name", "status", "reason_code", "last_error", "live_at"]
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return True  # shown only inside the adapter's page, which is scoped to the adapter's team
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class EndpointChoiceForm(forms.Form):
+    """Which endpoint to deploy to (or undeploy from)."""
+
+    endpoint = forms.ModelChoiceField(queryset=InferenceEndpoint.objects.none())
+
+    def __init__(self, *args: Any, endpoints: QuerySet[InferenceEndpoint], required: bool = True, **kw: Any):
+        super().__init__(*args, **kw)
+        field = self.fields["endpoint"]
+        field.queryset = endpoints
+        field.required = required
+        if not required:
+            field.empty_label = "every endpoint"
+
+
+class AliasForm(forms.Form):
+    name = forms.SlugField(
+        max_length=60,
+        help_text="e.g. production: clients call `<family>@production`; moving it is the rollback.",
+    )
+
 
 @admin.register(Adapter)
 class AdapterAdmin(TeamScopedAdmin):
-    list_display = ["name", "team", "base_model", "rank", "alpha", "created_at"]
-    search_fields = ["name", "team__slug"]
+    reader_roles = ALL_ROLES
+    list_display = ["name", "version", "team", "base_model", "rank", "alpha", "live_on", "created_at"]
+    list_filter = [("deleted_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "family", "team__slug"]
+    inlines = [DeploymentInline]
+    actions = ["deploy", "undeploy", "point_alias"]
     readonly_fields = [
         "name",
+        "family",
         "version",
+        "aliases_display",
         "team",
         "job",
         "base_model",
@@ -151,7 +256,97 @@ class AdapterAdmin(TeamScopedAdmin):
         "metrics",
         "trained_tokens",
         "created_at",
+        "deleted_at",
     ]
+
+    @admin.display(description="Live on")
+    def live_on(self, obj: Adapter) -> str:
+        names = [d.endpoint.name for d in obj.deployments.all() if d.status == Deployment.Status.LIVE]
+        return ", ".join(names) or "-"
+
+    @admin.display(description="Aliases")
+    def aliases_display(self, obj: Adapter) -> str:
+        return ", ".join(alias.model_id for alias in obj.aliases.all()) or "-"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Adapter]:
+        return super().get_queryset(request).prefetch_related("deployments__endpoint", "aliases")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # an adapter version is immutable; its operations are the actions
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def _endpoints(self, request: HttpRequest) -> QuerySet[InferenceEndpoint]:
+        rows = InferenceEndpoint.objects.filter(enabled=True)
+        if self._scoped(request):
+            rows = rows.filter(Q(team__in=self.managed_team_ids(request)) | Q(team__isnull=True))
+        return rows.order_by("name")
+
+    @admin.action(description="Deploy to an endpoint…", permissions=["manage"])
+    def deploy(self, request: HttpRequest, queryset: QuerySet[Adapter]) -> TemplateResponse | None:
+        def apply(data: dict[str, Any]) -> None:
+            endpoint = data["endpoint"]
+            self.run_for_each(
+                request,
+                queryset,
+                lambda adapter: deployment_create(team=adapter.team, adapter=adapter, endpoint=endpoint),
+                done=f"Deploying {{count}} adapter version{{s}} to {endpoint.name}.",
+            )
+
+        return self.action_with_form(
+            request,
+            queryset,
+            form_class=EndpointChoiceForm,
+            form_kwargs={"endpoints": self._endpoints(request)},
+            title="Deploy to an endpoint",
+            apply=apply,
+        )
+
+    @admin.action(description="Undeploy from an endpoint…", permissions=["manage"])
+    def undeploy(self, request: HttpRequest, queryset: QuerySet[Adapter]) -> TemplateResponse | None:
+        def apply(data: dict[str, Any]) -> None:
+            rows = Deployment.objects.filter(
+                adapter__in=self.managed_rows(request, queryset), status__in=Deployment.ACTIVE
+            )
+            if data.get("endpoint") is not None:
+                rows = rows.filter(endpoint=data["endpoint"])
+            count = 0
+            for deployment in rows:
+                deployment_undeploy(deployment=deployment)
+                count += 1
+            self.message_user(
+                request, f"Undeploying {count} deployment{'s' if count != 1 else ''}.", messages.SUCCESS
+            )
+
+        return self.action_with_form(
+            request,
+            queryset,
+            form_class=EndpointChoiceForm,
+            form_kwargs={"endpoints": self._endpoints(request), "required": False},
+            title="Undeploy from an endpoint",
+            apply=apply,
+        )
+
+    @admin.action(description="Point an alias at this version…", permissions=["manage"])
+    def point_alias(self, request: HttpRequest, queryset: QuerySet[Adapter]) -> TemplateResponse | None:
+        if queryset.count() != 1:
+            self.message_user(
+                request, "Select exactly one adapter version to point an alias at.", messages.ERROR
+            )
+            return None
+
+        def apply(data: dict[str, Any]) -> None:
+            self.run_for_each(
+                request,
+                queryset,
+                lambda adapter: alias_set(team=adapter.team, name=data["name"], adapter=adapter),
+                done=f"Alias {data['name']} now points at the selected version.",
+            )
+
+        return self.action_with_form(
+            request, queryset, form_class=AliasForm, title="Point an alias at this version", apply=apply
+        )
