@@ -6,6 +6,8 @@ tailor worker gpu --gpu-class NAME [options]     train jobs of one GPU class (wo
 tailor worker beat [celery beat options]         send the periodic control tasks (scheduler, reconciler)
 tailor worker agent --endpoint NAME              deliver adapters to the vLLM server beside it (no database)
 tailor basemodel add NAME --source DIR           register a base model teams may fine-tune
+tailor serve --model DIR --served-model-name NAME [options]
+                                                 the development serving endpoint (gpu_runner.serve; no database)
 tailor demo                                      the walkthrough behind `make demo`
 """
 
@@ -81,9 +83,14 @@ def run_worker(kind: str, extra: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tailor` command."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:2] == ["worker", "gpu"]:
-        # Before anything of Django: a GPU node has no database and no secret key.
-        return run_worker("gpu", args[2:])
+    if args[:2] in (["worker", "gpu"], ["worker", "agent"]):
+        # Before anything of Django: GPU and inference nodes have no database and no secret key.
+        return run_worker(args[1], args[2:])
+    if args[:1] == ["serve"]:
+        # Likewise: an inference node runs the development server without the control plane's settings.
+        from gpu_runner.serve import main as serve_main
+
+        return serve_main(args[1:], prog="tailor serve")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tailor.settings")
     if args[:1] == ["demo"]:
         from tailor.demo import main as demo_main
@@ -95,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args[:1] == ["worker"]:
         if len(args) < 2:
-            print("usage: tailor worker control|gpu|beat [options]", file=sys.stderr)
+            print("usage: tailor worker control|gpu|beat|agent [options]", file=sys.stderr)
             return 2
         return run_worker(args[1], args[2:])
     from django.core.management import execute_from_command_line
