@@ -23,6 +23,8 @@ from typing import Any
 
 from celery import Celery
 
+from workers.logcontext import connect_celery_signals
+
 CONTROL_TASK_PREFIX = "tailor.control."
 VALIDATE_FILE_TASK = "tailor.control.validate_file"
 
@@ -167,3 +169,6 @@ def create_app(environ: Mapping[str, str] | None = None) -> Celery:
 
 
 app = create_app()
+# Every task's log lines name the task and the job it handles; workers without Django settings (GPU,
+# agent) get the same log format as the control plane (workers.logcontext).
+connect_celery_signals()

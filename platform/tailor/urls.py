@@ -1,6 +1,6 @@
 """Top-level routes: the OpenAI-compatible API under /v1, Tailor's native API under /api/v1, the OpenAPI
-document, the web admin and a health check. Unknown URLs under the API prefixes answer in the error
-envelope rather than with an HTML page."""
+document, the web admin, the liveness and readiness probes and the Prometheus scrape. Unknown URLs under
+the API prefixes answer in the error envelope rather than with an HTML page."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
-from tailor.core.views import healthz, unknown_api_url
+from tailor.core.views import healthz, metrics, readyz, unknown_api_url
 from tailor.files.urls import native_urlpatterns as files_native
 from tailor.files.urls import openai_urlpatterns as files_openai
 from tailor.gateway.urls import openai_urlpatterns as gateway_openai
@@ -20,6 +20,8 @@ native_api = [*files_native, *webhooks_native, re_path(r"^(?P<path>.*)$", unknow
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),
     path("admin/", admin.site.urls),
     path("dashboard/", include("tailor.web.urls")),

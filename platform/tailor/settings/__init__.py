@@ -12,6 +12,7 @@ from tailor.settings.base import *  # noqa: F403
 from tailor.settings.database import *  # noqa: F403
 from tailor.settings.env import *  # noqa: F403
 from tailor.settings.jobs import *  # noqa: F403
+from tailor.settings.observability import *  # noqa: F403
 from tailor.settings.registry import *  # noqa: F403
 from tailor.settings.security import *  # noqa: F403
 from tailor.settings.storage import *  # noqa: F403

@@ -22,7 +22,13 @@ INSTALLED_APPS = [
     "tailor.web",
 ]
 
+# LOGGING is in tailor.settings.observability.
 MIDDLEWARE = [
+    # First, so every later middleware's log lines carry the request id and every response is measured.
+    "tailor.core.middleware.RequestContextMiddleware",
+    "tailor.core.middleware.RequestMetricsMiddleware",
+    # Probes and scrapes reach pods by IP over plain HTTP: answered before the host check and redirect.
+    "tailor.core.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -119,14 +125,6 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("TAILOR_LOG_LEVEL", default="INFO")},
-}
-
 __all__ = [
     "INSTALLED_APPS",
     "MIDDLEWARE",
@@ -145,5 +143,4 @@ __all__ = [
     "WHITENOISE_USE_FINDERS",
     "REST_FRAMEWORK",
     "SPECTACULAR_SETTINGS",
-    "LOGGING",
 ]
