@@ -67,7 +67,7 @@ _URL = re.compile(r"^https?://[^\s/]+(:\d+)?(/[^\s]*)?$")
 ALLOWED_VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-def _clean_endpoint_fields(fields: dict[str, Any]) -> dict[str, Any]:
+def _clean_endpoint_fields(fields: dict[str, Any], *, allow_unknown_models: bool = False) -> dict[str, Any]:
     kind = fields.get("kind")
     if kind is not None and kind not in InferenceEndpoint.Kind.values:
         raise InvalidRequest(f"kind must be one of {', '.join(InferenceEndpoint.Kind.values)}", param="kind")
@@ -93,8 +93,13 @@ def _clean_endpoint_fields(fields: dict[str, Any]) -> dict[str, Any]:
                 'e.g. {"llama-3.2-1b": "meta-llama/Llama-3.2-1B-Instruct"}',
                 param="served_models",
             )
-        unknown = sorted(
-            set(served) - set(BaseModel.objects.filter(name__in=list(served)).values_list("name", flat=True))
+        unknown = (
+            []
+            if allow_unknown_models
+            else sorted(
+                set(served)
+                - set(BaseModel.objects.filter(name__in=list(served)).values_list("name", flat=True))
+            )
         )
         if unknown:
             raise InvalidRequest(
@@ -133,10 +138,18 @@ def _check_endpoint(endpoint: InferenceEndpoint) -> None:
 
 
 def endpoint_create(
-    *, team: Team | None, name: str, kind: str, base_url: str, **fields: Any
+    *,
+    team: Team | None,
+    name: str,
+    kind: str,
+    base_url: str,
+    _allow_unknown_models: bool = False,
+    **fields: Any,
 ) -> InferenceEndpoint:
     """Register an inference endpoint for `team` (None: a shared endpoint, operators only)."""
-    fields = _clean_endpoint_fields({"kind": kind, "base_url": base_url, **fields})
+    fields = _clean_endpoint_fields(
+        {"kind": kind, "base_url": base_url, **fields}, allow_unknown_models=_allow_unknown_models
+    )
     endpoint = InferenceEndpoint(team=team, name=name, **fields)
     _check_endpoint(endpoint)
     if InferenceEndpoint.objects.filter(team=team, name=name).exists():
@@ -145,9 +158,11 @@ def endpoint_create(
     return endpoint
 
 
-def endpoint_update(*, endpoint: InferenceEndpoint, **fields: Any) -> InferenceEndpoint:
+def endpoint_update(
+    *, endpoint: InferenceEndpoint, _allow_unknown_models: bool = False, **fields: Any
+) -> InferenceEndpoint:
     """Change an endpoint's settings; the credential is replaced only when given."""
-    fields = _clean_endpoint_fields(dict(fields))
+    fields = _clean_endpoint_fields(dict(fields), allow_unknown_models=_allow_unknown_models)
     for key, value in fields.items():
         setattr(endpoint, key, value)
     _check_endpoint(endpoint)
@@ -197,9 +212,13 @@ def endpoints_sync(*, entries: Sequence[Mapping[str, Any]]) -> list[InferenceEnd
         try:
             existing = InferenceEndpoint.objects.filter(team=None, name=entry["name"]).first()
             if existing is None:
-                synced.append(endpoint_create(team=None, name=str(entry["name"]), **fields))
+                # Operators may list base models before registering them (a fresh stack): routes to
+                # them start working once `tailor basemodel add` registers the name.
+                synced.append(
+                    endpoint_create(team=None, name=str(entry["name"]), _allow_unknown_models=True, **fields)
+                )
             else:
-                synced.append(endpoint_update(endpoint=existing, **fields))
+                synced.append(endpoint_update(endpoint=existing, _allow_unknown_models=True, **fields))
         except InvalidRequest as exc:
             raise InvalidRequest(f"{where} ({entry['name']}): {exc.message}") from None
     return synced
