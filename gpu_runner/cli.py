@@ -1,5 +1,7 @@
-"""Command line of the data plane: `python -m gpu_runner make-tiny-model [DIR]` and
-`python -m gpu_runner train SPEC.json --output DIR [--events FILE] [--resume-from CKPT|auto]`.
+"""Command line of the data plane: `python -m gpu_runner make-tiny-model [DIR]`,
+`python -m gpu_runner train SPEC.json --output DIR [--events FILE] [--resume-from CKPT|auto]` and
+`python -m gpu_runner serve --model DIR --served-model-name NAME [...]` (the development serving endpoint,
+`gpu_runner.serve`; it exits 0 when stopped by SIGTERM/SIGINT).
 
 Exit codes are `gpu_runner.events.ExitCode`: 0 succeeded, 1 failed, 2 invalid input, 3 stopped
 (SIGTERM/SIGINT: cancel or pause, after a checkpoint), 4 out of memory.
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from gpu_runner.events import EventWriter, ExitCode, NullEventWriter
+from gpu_runner.serve.cli import add_arguments as add_serve_arguments
 
 DEFAULT_TINY_MODEL_DIR = Path("var/models/tailor-tiny")
 
@@ -52,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--checkpoint-dir", type=Path, default=None, help="where checkpoints go (default: OUTPUT/checkpoints)"
     )
+
+    serve = commands.add_parser(
+        "serve", help="run the development serving endpoint (vLLM's LoRA API and OpenAI's completions)"
+    )
+    add_serve_arguments(serve)
     return parser
 
 
@@ -81,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(path)
         return ExitCode.SUCCEEDED
+
+    if args.command == "serve":
+        from gpu_runner.serve.cli import run as serve
+
+        return serve(args)
 
     from gpu_runner.train import run
     from gpu_runner.train.runner import RunOptions
