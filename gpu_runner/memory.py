@@ -69,9 +69,13 @@ GPU classes and their compact configuration format are at the end of the module.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 Quantization = Literal["nf4", "int8", "none"]
@@ -183,6 +187,11 @@ class MemoryEstimate:
     overhead: int
     lora_parameters: int
     details: dict[str, str] = field(default_factory=dict, compare=False)
+    # Not components: the share of base_weights held by the embeddings and LM head, and the decoder layer
+    # count, which size the per-GPU footprint when the job is sharded (`sharded_training_memory`).
+    embedding_bytes: int = 0
+    num_layers: int = 1
+    quantization: str = "none"
 
     COMPONENTS: ClassVar[tuple[str, ...]] = (
         "base_weights",
@@ -385,6 +394,9 @@ def estimate_training_memory(
         overhead=overhead,
         lora_parameters=lora_parameters,
         details=details,
+        embedding_bytes=embedding_params * cb,
+        num_layers=L,
+        quantization=quantization,
     )
 
 
@@ -395,8 +407,11 @@ def estimate_training_memory(
 #
 #     TAILOR_GPU_CLASSES="a10g:24:gpu.a10g,l40s:48:gpu.l40s,h100:80:gpu.h100:8"
 #
-# memory_gib is the memory of one GPU (a number, decimals allowed); gpus_per_node defaults to 1. A job
-# trains in one process on one GPU, so only the per-GPU memory decides whether it fits.
+# memory_gib is the memory of one GPU (a number, decimals allowed); gpus_per_node defaults to 1. On a
+# node with several GPUs the worker starts one process per GPU (torchrun): data parallel (DDP) when one
+# GPU holds the whole job, each GPU a full copy; sharded (FSDP) when only the node's GPUs together do
+# (`choose_strategy`). A class is chosen by whether one of its GPUs holds the job, unless the caller
+# also accepts sharding.
 
 
 @dataclass(frozen=True)
@@ -429,12 +444,25 @@ class NoGpuClassFits(ValueError):
 
 
 def choose_gpu_class(
-    estimate: MemoryEstimate, classes: Sequence[GpuClass], *, safety_margin: float = DEFAULT_SAFETY_MARGIN
+    estimate: MemoryEstimate,
+    classes: Sequence[GpuClass],
+    *,
+    safety_margin: float = DEFAULT_SAFETY_MARGIN,
+    sharding: bool = False,
 ) -> GpuClass:
     """The class with the least memory that holds the estimate plus `safety_margin` (a fraction of it);
-    among equal memory, the first listed. Raises NoGpuClassFits naming the estimate and the largest class."""
+    among equal memory, the first listed. With `sharding`, a job no single GPU holds may go to the
+    multi-GPU class with the least memory whose node holds it sharded (FSDP, `sharded_training_memory`).
+    Raises NoGpuClassFits naming the estimate and the largest class."""
     needed = estimate.total_gib * (1 + safety_margin)
     fitting = [c for c in classes if c.memory_gib >= needed]
+    if not fitting and sharding:
+        fitting = [
+            c
+            for c in classes
+            if c.gpus_per_node > 1
+            and c.memory_gib >= sharded_training_memory(estimate, c.gpus_per_node) / GIB * (1 + safety_margin)
+        ]
     if not fitting:
         largest = max(classes, key=lambda c: c.memory_gib, default=None)
         raise NoGpuClassFits(estimate, largest, safety_margin)
@@ -473,3 +501,146 @@ def parse_gpu_classes(text: str) -> list[GpuClass]:
             raise ValueError(f"GPU class {number} {entry!r}: the name {name!r} is used twice")
         classes.append(GpuClass(name=name, memory_gib=memory_gib, queue=queue, gpus_per_node=gpus))
     return classes
+
+
+# Several GPUs on one node ------------------------------------------------------------------------------
+#
+# FSDP (FULL_SHARD, one unit per decoder layer) splits the base weights, the LoRA weights, their
+# gradients and AdamW's moments over the node's N GPUs. Each GPU still holds, whole:
+#   - the root unit: embeddings and LM head (embedding_bytes), gathered for the whole forward and backward;
+#   - two gathered decoder layers, (base_weights − embedding_bytes + lora_weights) / L each: the one
+#     computing and the one prefetched;
+#   - its own micro-batch's activations, logits tiles and DPO reference working set (data parallel: every
+#     GPU takes micro_batch rows);
+#   - the CUDA context, and the allocator's 5 % on all of it.
+# A 4-bit base shards like any other weight once its packed storage has the compute dtype
+# (bnb_4bit_quant_storage), which the runner sets under FSDP; the bytes are the same. But bitsandbytes
+# quantizes on the rank's GPU before FSDP shards: while loading, each GPU holds the whole quantized base
+# (base_weights + CUDA context + slack), and the per-GPU peak is the larger of that and the above.
+
+Strategy = Literal["single", "ddp", "fsdp"]
+STRATEGIES: tuple[Strategy, ...] = ("single", "ddp", "fsdp")
+
+
+def sharded_training_memory(estimate: MemoryEstimate, world_size: int) -> int:
+    """Peak bytes on each of `world_size` GPUs when the job is sharded with FSDP (formulas above)."""
+    _positive(world_size=world_size)
+    layered = estimate.base_weights - estimate.embedding_bytes + estimate.lora_weights
+    sharded = math.ceil((layered + estimate.gradients + estimate.optimizer) / world_size)
+    gathered = estimate.embedding_bytes + 2 * math.ceil(layered / max(estimate.num_layers, 1))
+    working = estimate.activations + estimate.logits + estimate.dpo_reference
+    subtotal = sharded + gathered + working
+    training = subtotal + CUDA_CONTEXT_BYTES + math.ceil(subtotal * ALLOCATOR_SLACK)
+    if estimate.quantization == "none":
+        return training
+    loading = estimate.base_weights + CUDA_CONTEXT_BYTES + math.ceil(estimate.base_weights * ALLOCATOR_SLACK)
+    return max(training, loading)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How a job runs on a node of one GPU class: `single` (one process), `ddp` (one process per GPU, each
+    with a full copy) or `fsdp` (one process per GPU, the model sharded), with the estimates behind it."""
+
+    strategy: Strategy
+    world_size: int
+    gpu_class: str
+    gpu_memory_gib: float
+    # Estimated peak on each GPU under `strategy`, and of the whole job in one process; None when the job
+    # could not be sized (a spec the runner will refuse).
+    per_gpu_gib: float | None
+    single_gpu_gib: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, GiB rounded to 3 places."""
+        data = asdict(self)
+        for key in ("per_gpu_gib", "single_gpu_gib"):
+            if data[key] is not None:
+                data[key] = round(data[key], 3)
+        return data
+
+
+class NoStrategyFits(ValueError):
+    """Neither one GPU of the class nor all of a node's GPUs together hold the job."""
+
+    def __init__(
+        self, estimate: MemoryEstimate, gpu_class: GpuClass, sharded_gib: float | None, safety_margin: float
+    ) -> None:
+        self.estimate = estimate
+        self.gpu_class = gpu_class
+        self.sharded_gib = sharded_gib
+        message = (
+            f"the job needs about {estimate.total_gib:.1f} GiB of GPU memory in one process "
+            f"({estimate.total_gib * (1 + safety_margin):.1f} GiB with a {safety_margin:.0%} safety margin)"
+        )
+        if sharded_gib is not None:
+            message += (
+                f", and about {sharded_gib:.1f} GiB on each GPU when sharded over {gpu_class.gpus_per_node} "
+                f"GPUs ({sharded_gib * (1 + safety_margin):.1f} GiB with the margin"
+                + (
+                    "; a quantized base is loaded whole on each GPU before it is sharded"
+                    if estimate.quantization != "none"
+                    else ""
+                )
+                + ")"
+            )
+        message += (
+            f"; GPU class {gpu_class.name} has {gpu_class.memory_gib:g} GiB per GPU. Lower max_seq_length or "
+            "batch_size, enable gradient_checkpointing, or use nf4 quantization or a smaller lora_r"
+        )
+        super().__init__(message)
+
+
+def choose_strategy(
+    estimate: MemoryEstimate, gpu_class: GpuClass, *, safety_margin: float = DEFAULT_SAFETY_MARGIN
+) -> LaunchPlan:
+    """How to run a job on a node of `gpu_class`. One GPU: `single` when the job fits it. Several: `ddp` on
+    all of them when one GPU holds the whole job (the common case: the fastest, no weight traffic between
+    GPUs), else `fsdp` when the job fits each GPU sharded over the node. Raises NoStrategyFits otherwise."""
+    needed = estimate.total_gib * (1 + safety_margin)
+    gpus = gpu_class.gpus_per_node
+    if gpu_class.memory_gib >= needed:
+        return LaunchPlan(
+            strategy="single" if gpus == 1 else "ddp",
+            world_size=gpus,
+            gpu_class=gpu_class.name,
+            gpu_memory_gib=gpu_class.memory_gib,
+            per_gpu_gib=estimate.total_gib,
+            single_gpu_gib=estimate.total_gib,
+        )
+    sharded_gib = sharded_training_memory(estimate, gpus) / GIB if gpus > 1 else None
+    if sharded_gib is not None and gpu_class.memory_gib >= sharded_gib * (1 + safety_margin):
+        return LaunchPlan(
+            strategy="fsdp",
+            world_size=gpus,
+            gpu_class=gpu_class.name,
+            gpu_memory_gib=gpu_class.memory_gib,
+            per_gpu_gib=sharded_gib,
+            single_gpu_gib=estimate.total_gib,
+        )
+    raise NoStrategyFits(estimate, gpu_class, sharded_gib, safety_margin)
+
+
+def model_shape_from_directory(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The shape keywords of `estimate_training_memory` (`parameters` included) of a local model directory:
+    `config.json` for the architecture, the safetensors headers for the parameter count (the 8-byte
+    header length and the JSON header of each file only; no weights are read). Raises ValueError when the
+    directory has no config.json or no safetensors weights."""
+    directory = Path(path)
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{directory}: cannot read config.json: {exc}") from None
+    shape = architecture_from_hf_config(config)
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{directory}: no safetensors weights to count the parameters of")
+    parameters = 0
+    for file in files:
+        with open(file, "rb") as stream:
+            (length,) = struct.unpack("<Q", stream.read(8))
+            header = json.loads(stream.read(length))
+        parameters += sum(
+            math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__"
+        )
+    return {"parameters": parameters, **shape}

@@ -323,12 +323,18 @@ class SafeCheckpointMixin:
             return
         self.store_flos()  # type: ignore[attr-defined]
         rng_states = _gather_rng_states()
+        # Sharded weights and optimizer state are gathered by every rank; rank 0 then writes them whole.
+        gathered = (
+            (gather_trainable_state(self.model), gather_optimizer_state(self.model, self.optimizer))
+            if is_sharded(self)
+            else None
+        )
         if self.args.should_save:
             self._tailor_update_stateful_callbacks()
             final = write_checkpoint(
                 self.tailor_checkpoint_dir,
                 step,
-                lambda tmp: self._tailor_write(tmp, rng_states),
+                lambda tmp: self._tailor_write(tmp, rng_states, gathered),
                 {"epoch": self.state.epoch, **getattr(self, "tailor_manifest", {})},
             )
             rotate_checkpoints(self.tailor_checkpoint_dir, self.tailor_keep_checkpoints)
@@ -350,11 +356,22 @@ class SafeCheckpointMixin:
             else:
                 self.state.stateful_callbacks[name] = cb.state()
 
-    def _tailor_write(self, directory: Path, rng_states: list[dict[str, Any]]) -> None:
+    def _tailor_write(
+        self,
+        directory: Path,
+        rng_states: list[dict[str, Any]],
+        gathered: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    ) -> None:
         from gpu_runner.train.common import save_adapter
 
-        save_adapter(self.accelerator.unwrap_model(self.model), directory, **self.tailor_base_model)
-        save_state_tree(self.optimizer.state_dict(), directory, "optimizer")
+        model = self.accelerator.unwrap_model(self.model)
+        if gathered is None:
+            save_adapter(model, directory, **self.tailor_base_model)
+            save_state_tree(self.optimizer.state_dict(), directory, "optimizer")
+        else:
+            weights, optimizer_state = gathered
+            save_adapter(model, directory, state_dict=weights, **self.tailor_base_model)
+            save_state_tree(optimizer_state, directory, "optimizer")
         save_state_tree(self.lr_scheduler.state_dict(), directory, "scheduler")
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None:
@@ -368,6 +385,9 @@ class SafeCheckpointMixin:
         checkpoint = Path(resume_from_checkpoint)
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         weights = load_file(str(checkpoint / "adapter_model.safetensors"))
+        if is_sharded(self):
+            restore_trainable_state(model if model is not None else self.model, weights, source=checkpoint)
+            return
         result = set_peft_model_state_dict(target, weights)
         unexpected = list(getattr(result, "unexpected_keys", []) or [])
         if unexpected:
@@ -379,7 +399,10 @@ class SafeCheckpointMixin:
         if checkpoint is None:
             return
         directory = Path(checkpoint)
-        self.optimizer.load_state_dict(load_state_tree(directory, "optimizer"))
+        if is_sharded(self):
+            restore_optimizer_state(self.model, self.optimizer, load_state_tree(directory, "optimizer"))
+        else:
+            self.optimizer.load_state_dict(load_state_tree(directory, "optimizer"))
         self.lr_scheduler.load_state_dict(load_state_tree(directory, "scheduler"))
 
     def _load_scaler(self, checkpoint: str | None) -> None:
@@ -434,3 +457,81 @@ def _gather_rng_states() -> list[dict[str, Any]]:
     return [
         json.loads(bytes(b[: int(n.item())].tolist()).decode()) for b, n in zip(buffers, sizes, strict=True)
     ]
+
+
+# --- FSDP: whole states from sharded ranks -----------------------------------------------------------------
+#
+# Under FSDP every parameter and optimizer moment is a DTensor holding this rank's shard. Checkpoints and the
+# adapter keep the single-process layout (PEFT's adapter file; the optimizer keyed by parameter name), so a
+# sharded run writes what any run can read: every rank takes part in gathering the whole trainable state
+# (torch.distributed.checkpoint.state_dict, full_state_dict on rank 0's CPU), and rank 0 writes it. On
+# resume every rank reads the files and takes its shard. Frozen base weights are never gathered.
+
+
+def is_sharded(trainer: Any) -> bool:
+    """Whether the trainer's model is sharded with FSDP (the launcher's `fsdp` strategy on GPUs)."""
+    return bool(getattr(trainer, "is_fsdp_enabled", False))
+
+
+def _unwrapped_optimizer(optimizer: Any) -> Any:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+
+
+def _full_options(*, ignore_frozen_params: bool = False) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=ignore_frozen_params)
+
+
+def gather_trainable_state(model: Any) -> dict[str, Any]:
+    """The whole trainable weights of a sharded model, by parameter name, on rank 0 (empty on the other
+    ranks). A collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options(ignore_frozen_params=True))
+
+
+def gather_optimizer_state(model: Any, optimizer: Any) -> dict[str, Any]:
+    """The whole optimizer state of a sharded model, keyed by parameter name, on rank 0 (empty elsewhere).
+    A collective."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, _unwrapped_optimizer(optimizer), options=_full_options())
+
+
+def _trainable_names(model: Any) -> list[str]:
+    # Activation checkpointing wraps modules; state dict names leave the wrapper out.
+    return [
+        name.replace("_checkpoint_wrapped_module.", "")
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    ]
+
+
+def restore_trainable_state(model: Any, weights: dict[str, torch.Tensor], *, source: Path) -> None:
+    """Load adapter weights saved in PEFT's layout (`…lora_A.weight`, no adapter name) into a sharded model,
+    each rank keeping its shard. Raises CheckpointError when they do not fit the model's adapters."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    adapter = getattr(model, "active_adapter", None) or "default"
+    by_saved_name = {name.replace(f".{adapter}.", "."): name for name in _trainable_names(model)}
+    unknown = sorted(set(weights) - set(by_saved_name))
+    missing = sorted(set(by_saved_name) - set(weights))
+    if unknown or missing:
+        raise CheckpointError(
+            f"{source}: adapter weights do not fit this model ({(unknown or missing)[:3]} ...)"
+        )
+    state: dict[str, Any] = {by_saved_name[key]: tensor for key, tensor in weights.items()}
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def restore_optimizer_state(model: Any, optimizer: Any, state: dict[str, Any]) -> None:
+    """Load an optimizer state gathered by `gather_optimizer_state` into a sharded model's optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(
+        model,
+        _unwrapped_optimizer(optimizer),
+        state,
+        options=StateDictOptions(full_state_dict=True),
+    )

@@ -72,6 +72,42 @@ def world() -> tuple[int, int, int]:
     )
 
 
+STRATEGY_ENV = "TAILOR_DISTRIBUTED_STRATEGY"
+LAUNCH_PLAN_ENV = "TAILOR_LAUNCH_PLAN"
+
+
+def distributed_strategy() -> str:
+    """How the ranks share the work: `single` (one process), `ddp` (each rank a full copy; the default
+    under torchrun) or `fsdp` (the model sharded over the ranks), from `TAILOR_DISTRIBUTED_STRATEGY`.
+    Raises ValueError for another value, or for fsdp in one process."""
+    value = os.environ.get(STRATEGY_ENV, "").strip().lower()
+    several = world()[2] > 1
+    if not value:
+        return "ddp" if several else "single"
+    if value not in ("ddp", "fsdp"):
+        raise ValueError(f'{STRATEGY_ENV}={value!r}: expected "ddp" or "fsdp"')
+    if not several:
+        return "single"  # one process: nothing to distribute, whatever the launcher planned
+    return value
+
+
+def launch_record() -> dict[str, Any]:
+    """The strategy and world size of this run, with the launcher's plan when it passed one
+    (`TAILOR_LAUNCH_PLAN`, JSON: the memory estimates behind the choice), for the event stream."""
+    import json
+
+    record: dict[str, Any] = {"strategy": distributed_strategy(), "world_size": world()[2]}
+    raw = os.environ.get(LAUNCH_PLAN_ENV)
+    if raw:
+        try:
+            plan = json.loads(raw)
+        except ValueError:
+            plan = None
+        if isinstance(plan, dict):
+            record["plan"] = plan
+    return record
+
+
 def pick_device() -> torch.device:
     """The GPU of this rank when CUDA is available, else the CPU."""
     if torch.cuda.is_available():
@@ -113,6 +149,14 @@ def preflight(spec: JobSpec, device: torch.device) -> None:
             (
                 "hyperparameters.compute_dtype",
                 f'{torch.cuda.get_device_name(device)} does not support bfloat16; use "float16" or "auto"',
+            )
+        )
+    if hp.quantization == "int8" and distributed_strategy() == "fsdp":
+        issues.append(
+            (
+                "hyperparameters.quantization",
+                'int8 weights cannot be sharded over GPUs (FSDP); use "nf4" or "none" for a model that '
+                "does not fit one GPU",
             )
         )
     if hp.use_dora and hp.quantization != "none":
@@ -166,9 +210,15 @@ def load_base_model(
     spec: JobSpec, resolved: ResolvedHyperparameters, device: torch.device, dtype: torch.dtype
 ) -> PreTrainedModel:
     """Load the base model from safetensors only, quantized as the spec asks (NF4 with double
-    quantization for QLoRA, or LLM.int8), onto `device`."""
+    quantization for QLoRA, or LLM.int8), onto `device`.
+
+    Sharded (FSDP), an unquantized model loads into host memory and FSDP moves each rank's shard to its
+    GPU. A quantized one is quantized on the rank's GPU as without FSDP (bitsandbytes keeps its
+    quantization constants outside the parameters, where FSDP would not move them), with its 4-bit weights
+    packed in the compute dtype (`bnb_4bit_quant_storage`) so that FSDP shards them like the other weights."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    sharded = distributed_strategy() == "fsdp"
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "trust_remote_code": False,
@@ -182,11 +232,13 @@ def load_base_model(
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_quant_storage=torch.uint8,
+            bnb_4bit_quant_storage=dtype if sharded else torch.uint8,
         )
     elif resolved.quantization == "int8":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-    if resolved.quantization != "none" or device.type == "cuda":
+    if sharded and resolved.quantization == "none":
+        kwargs["device_map"] = {"": "cpu"}
+    elif resolved.quantization != "none" or device.type == "cuda":
         kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(spec.base_model.path), **kwargs)
@@ -264,14 +316,22 @@ def finish_peft_setup(model: Any) -> None:
 
 
 def save_adapter(
-    model: Any, directory: Path, *, base_model_name: str, base_model_revision: str | None
+    model: Any,
+    directory: Path,
+    *,
+    base_model_name: str,
+    base_model_revision: str | None,
+    state_dict: dict[str, Any] | None = None,
 ) -> None:
     """`adapter_config.json` + `adapter_model.safetensors`, naming the canonical base model (never the local
     path) and without PEFT's generated README. `save_embedding_layers=False` also keeps PEFT from looking
-    the base model's name up on the Hub."""
+    the base model's name up on the Hub. `state_dict`: the weights to save instead of the model's own (a
+    sharded model's, gathered whole)."""
     import json
 
-    model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
+    model.save_pretrained(
+        str(directory), safe_serialization=True, save_embedding_layers=False, state_dict=state_dict
+    )
     readme = directory / "README.md"
     if readme.exists():
         readme.unlink()
@@ -357,6 +417,28 @@ def common_training_arguments(
         "skip_memory_metrics": True,
         "max_length": resolved.max_seq_length,
         "dataset_num_proc": None,
+        **fsdp_arguments(resolved),
+    }
+
+
+def fsdp_arguments(resolved: ResolvedHyperparameters) -> dict[str, Any]:
+    """Trainer arguments that shard the model over the ranks (FSDP2, one unit per decoder layer, full
+    state dicts gathered for the adapter and checkpoints) when the launcher chose `fsdp`; nothing else."""
+    if distributed_strategy() != "fsdp":
+        return {}
+    return {
+        "fsdp": True,
+        "fsdp_config": {
+            "version": 2,
+            "reshard_after_forward": True,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "state_dict_type": "FULL_STATE_DICT",
+            "cpu_ram_efficient_loading": False,
+            # FSDP recomputes activations itself; the Trainer's own checkpointing must then be off.
+            "activation_checkpointing": resolved.gradient_checkpointing,
+        },
+        "activation_checkpointing": False,
+        "activation_checkpointing_kwargs": None,
     }
 
 

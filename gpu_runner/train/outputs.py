@@ -98,14 +98,20 @@ def write_adapter(
     steps: int,
     data: dict[str, Any],
     libraries: dict[str, Any],
+    state_dict: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the adapter directory (rank 0 only) and return the contents of `tailor_adapter.json`."""
+    """Write the adapter directory (rank 0 only) and return the contents of `tailor_adapter.json`.
+    `state_dict`: a sharded model's trainable weights, gathered whole."""
     output_dir.mkdir(parents=True, exist_ok=True)
     stale = output_dir / ADAPTER_MANIFEST
     if stale.exists():
         stale.unlink()  # the directory is incomplete until the new manifest lands
     save_adapter(
-        model, output_dir, base_model_name=spec.base_model.name, base_model_revision=spec.base_model.revision
+        model,
+        output_dir,
+        base_model_name=spec.base_model.name,
+        base_model_revision=spec.base_model.revision,
+        state_dict=state_dict,
     )
     config = json.loads((output_dir / "adapter_config.json").read_text(encoding="utf-8"))
     tokenizer.save_pretrained(str(output_dir))

@@ -139,10 +139,18 @@ def _run(
 
     # The torch stack loads from here on.
     from gpu_runner.train import checkpoints as ckpt
-    from gpu_runner.train.common import library_versions, pick_device, preflight, quiet_libraries, world
+    from gpu_runner.train.common import (
+        launch_record,
+        library_versions,
+        pick_device,
+        preflight,
+        quiet_libraries,
+        world,
+    )
 
     device = pick_device()
     preflight(spec, device)
+    launch = launch_record()
     resume, resume_manifest = _find_resume(options.resume_from, checkpoint_dir, spec)
     libraries = library_versions()
     events.emit(
@@ -195,8 +203,14 @@ def _run(
     events.emit(
         "hyperparameters_resolved",
         f"Hyperparameters: n_epochs={resolved.n_epochs}, batch_size={resolved.batch_size}, "
-        f"learning_rate_multiplier={resolved.learning_rate_multiplier}, {resolved.total_steps} steps",
+        f"learning_rate_multiplier={resolved.learning_rate_multiplier}, {resolved.total_steps} steps"
+        + (
+            f" ({launch['strategy']} over {launch['world_size']} processes)"
+            if launch["world_size"] > 1
+            else ""
+        ),
         hyperparameters=resolved.model_dump(mode="json"),
+        launch=launch,
     )
 
     progress.phase = "model"
@@ -356,11 +370,14 @@ def _finish(
     """Write the adapter (rank 0) and report `completed`."""
     import torch
 
+    from gpu_runner.train.checkpoints import gather_trainable_state, is_sharded
     from gpu_runner.train.common import memory_figures
     from gpu_runner.train.outputs import write_adapter, write_rank_digest
 
     step = trainer.state.global_step
     manifest: dict[str, Any] = {}
+    # A sharded model's adapter is gathered by every rank, then written by rank 0.
+    weights = gather_trainable_state(trainer.model) if is_sharded(trainer) else None
     if trainer.is_world_process_zero():
         manifest = write_adapter(
             model=trainer.accelerator.unwrap_model(trainer.model),
@@ -373,6 +390,7 @@ def _finish(
             steps=step,
             data=data["summary"],
             libraries=libraries,
+            state_dict=weights,
         )
     write_rank_digest(trainer.accelerator.unwrap_model(trainer.model), trainer.args.process_index)
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -99,8 +99,12 @@ def complete_checkpoints(checkpoint_dir: Path) -> Iterator[tuple[int, Path]]:
         return
     found = []
     for path in checkpoint_dir.iterdir():
-        suffix = path.name[len(CHECKPOINT_DIR_PREFIX):]
-        if path.name.startswith(CHECKPOINT_DIR_PREFIX) and suffix.isdigit() and (path / CHECKPOINT_MANIFEST).is_file():
+        suffix = path.name[len(CHECKPOINT_DIR_PREFIX) :]
+        if (
+            path.name.startswith(CHECKPOINT_DIR_PREFIX)
+            and suffix.isdigit()
+            and (path / CHECKPOINT_MANIFEST).is_file()
+        ):
             found.append((int(suffix), path))
     yield from sorted(found)
 
@@ -113,7 +117,9 @@ def verify_checkpoint(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise IncompleteCheckpoint(f"{folder.name}: no readable {CHECKPOINT_MANIFEST} ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
-        raise IncompleteCheckpoint(f"{folder.name}: {CHECKPOINT_MANIFEST} is not a {CHECKPOINT_FORMAT} manifest")
+        raise IncompleteCheckpoint(
+            f"{folder.name}: {CHECKPOINT_MANIFEST} is not a {CHECKPOINT_FORMAT} manifest"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise IncompleteCheckpoint(f"{folder.name}: {CHECKPOINT_MANIFEST} lists no files")
@@ -178,7 +184,10 @@ def read_adapter_manifest(output_dir: Path) -> dict[str, Any]:
         path = output_dir / check_key(name, what="adapter file")
         if not path.is_file():
             raise FileNotFoundError(f"adapter file {name} listed in {ADAPTER_MANIFEST} is missing")
-        if path.stat().st_size != info.get("bytes", path.stat().st_size) or sha256_file(path) != info["sha256"]:
+        if (
+            path.stat().st_size != info.get("bytes", path.stat().st_size)
+            or sha256_file(path) != info["sha256"]
+        ):
             raise DigestMismatch(f"adapter file {name} does not match its sha256 in {ADAPTER_MANIFEST}")
     return manifest
 

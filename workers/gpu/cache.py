@@ -34,8 +34,10 @@ def _folder_name(value: str, what: str) -> str:
     of the cache (`..`, absolute paths, odd characters) is refused."""
     segment = value.replace("/", "--")
     if not _SAFE_SEGMENT.match(segment):
-        raise ValueError(f"base model {what} {value!r} cannot name a cache folder "
-                         "(letters, digits, '.', '_', '-' and '/' only)")
+        raise ValueError(
+            f"base model {what} {value!r} cannot name a cache folder "
+            "(letters, digits, '.', '_', '-' and '/' only)"
+        )
     return segment
 
 
@@ -64,8 +66,13 @@ class ModelCache:
         started = time.monotonic()
         try:
             digests = download_prefix(store, prefix, temporary)
-            manifest = {"name": name, "revision": revision, "prefix": prefix, "files": digests,
-                        "digest": hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()}
+            manifest = {
+                "name": name,
+                "revision": revision,
+                "prefix": prefix,
+                "files": digests,
+                "digest": hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest(),
+            }
             (temporary / CACHE_MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
             try:
                 os.rename(temporary, target)
@@ -75,8 +82,14 @@ class ModelCache:
                 logger.info("base model %s@%s: another worker cached it first", name, revision)
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
-        logger.info("base model %s@%s: downloaded %d files from %s in %.1f s", name, revision, len(digests),
-                    prefix, time.monotonic() - started)
+        logger.info(
+            "base model %s@%s: downloaded %d files from %s in %.1f s",
+            name,
+            revision,
+            len(digests),
+            prefix,
+            time.monotonic() - started,
+        )
         return target
 
     def remove_stale_temporaries(self, older_than_seconds: float = 24 * 3600) -> None:

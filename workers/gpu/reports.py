@@ -51,8 +51,14 @@ class Reporter:
                 if time.monotonic() + pause > deadline:
                     logger.error("%s attempt %s: could not send %s: %s", self.job_id, self.attempt, task, exc)
                     return False
-                logger.warning("%s attempt %s: sending %s failed (%s); retrying in %.0f s",
-                               self.job_id, self.attempt, task, exc, pause)
+                logger.warning(
+                    "%s attempt %s: sending %s failed (%s); retrying in %.0f s",
+                    self.job_id,
+                    self.attempt,
+                    task,
+                    exc,
+                    pause,
+                )
                 time.sleep(pause)
                 pause = min(pause * 2, 30.0)
 

@@ -77,12 +77,21 @@ def _python_path_with(root: Path, environ: dict[str, str]) -> str:
 
 
 class RunnerProcess:
-    """One `python -m gpu_runner train …` child, its stdout and stderr in `log_path`."""
+    """One `python -m gpu_runner train …` child, its stdout and stderr in `log_path`. `module` replaces
+    `gpu_runner` with another module and its own arguments (the torchrun agent of `workers.gpu.launch`)."""
 
-    def __init__(self, args: Sequence[str], *, cwd: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        module: Sequence[str] = ("gpu_runner",),
+    ) -> None:
         import gpu_runner
 
-        self.args = [sys.executable, "-m", "gpu_runner", *args]
+        self.args = [sys.executable, "-m", *module, *args]
         self.cwd = cwd
         self.log_path = log_path
         self.env = dict(os.environ if env is None else env)
@@ -95,10 +104,17 @@ class RunnerProcess:
         """Start the runner; returns its pid."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.args, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                self.args,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 # Its own session: a Ctrl-C at the worker's terminal reaches the worker, which stops the runner
                 # deliberately, rather than both at once.
-                start_new_session=True, preexec_fn=_parent_death_signal(), close_fds=True,
+                start_new_session=True,
+                preexec_fn=_parent_death_signal(),
+                close_fds=True,
             )
         return self.process.pid
 
@@ -209,9 +225,18 @@ class SupervisorSettings:
 class Supervisor:
     """Follows one started runner until it exits."""
 
-    def __init__(self, *, runner: RunnerProcess, events_path: Path, checkpoint_dir: Path, staging_dir: Path,
-                 store: ObjectStore, output_prefix: str, reporter: Reporter,
-                 settings: SupervisorSettings | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        runner: RunnerProcess,
+        events_path: Path,
+        checkpoint_dir: Path,
+        staging_dir: Path,
+        store: ObjectStore,
+        output_prefix: str,
+        reporter: Reporter,
+        settings: SupervisorSettings | None = None,
+    ) -> None:
         self.runner = runner
         self.tail = EventTail(events_path)
         self.checkpoint_dir = checkpoint_dir
@@ -261,10 +286,16 @@ class Supervisor:
             self._report_checkpoints(final=True)
         finally:
             self.tail.close()
-        return RunnerEnd(returncode=code, stop_action=self._stop_action, shutdown=self._shutdown,
-                         killed_by_supervisor=self._killed, completed=self._completed, error=self._error,
-                         checkpoints=sorted(self._uploaded.values(), key=lambda c: c.step),
-                         log_tail=self.runner.log_tail())
+        return RunnerEnd(
+            returncode=code,
+            stop_action=self._stop_action,
+            shutdown=self._shutdown,
+            killed_by_supervisor=self._killed,
+            completed=self._completed,
+            error=self._error,
+            checkpoints=sorted(self._uploaded.values(), key=lambda c: c.step),
+            log_tail=self.runner.log_tail(),
+        )
 
     def _step(self) -> None:
         self._collect_events()
@@ -294,9 +325,12 @@ class Supervisor:
         """Send pending events when 50 are waiting, a second has passed since the last batch, or the first
         training step has just been logged."""
         now = time.monotonic()
-        while self._pending and (final or self._first_step_pending
-                                 or len(self._pending) >= self.settings.batch_size
-                                 or now - self._last_flush >= self.settings.batch_seconds):
+        while self._pending and (
+            final
+            or self._first_step_pending
+            or len(self._pending) >= self.settings.batch_size
+            or now - self._last_flush >= self.settings.batch_seconds
+        ):
             batch = self._pending[: self.settings.batch_size]
             if not self.reporter.send(JOB_EVENTS_TASK, events=batch, retry_for=60 if final else 0):
                 return  # kept for the next round; `seq` makes a resent batch harmless
@@ -322,13 +356,20 @@ class Supervisor:
             try:
                 upload_checkpoint(self.store, snapshot, prefix)
             except (StorageError, OSError) as exc:
-                logger.error("%s: uploading checkpoint %s to %s failed: %s", self.reporter.job_id, step, prefix, exc)
+                logger.error(
+                    "%s: uploading checkpoint %s to %s failed: %s", self.reporter.job_id, step, prefix, exc
+                )
                 self._failed_steps.add(step)
                 continue
             finally:
                 shutil.rmtree(snapshot, ignore_errors=True)
-            logger.info("%s: checkpoint %s uploaded to %s in %.1f s", self.reporter.job_id, step, prefix,
-                        time.monotonic() - started)
+            logger.info(
+                "%s: checkpoint %s uploaded to %s in %.1f s",
+                self.reporter.job_id,
+                step,
+                prefix,
+                time.monotonic() - started,
+            )
             self._uploaded[step] = self._unreported[step] = UploadedCheckpoint(step, prefix)
 
     def _report_checkpoints(self, final: bool = False) -> None:
@@ -359,8 +400,12 @@ class Supervisor:
         self._last_stop_poll = now
         action = read_stop_marker(self.store, self.stop_key, self.reporter.attempt)
         if action is not None:
-            logger.info("%s attempt %s: %s requested; sending the runner SIGTERM", self.reporter.job_id,
-                        self.reporter.attempt, action)
+            logger.info(
+                "%s attempt %s: %s requested; sending the runner SIGTERM",
+                self.reporter.job_id,
+                self.reporter.attempt,
+                action,
+            )
             self._stop_action = action
             self._stop_sent_at = now
             self.runner.send_signal(signal.SIGTERM)
@@ -369,8 +414,11 @@ class Supervisor:
         if self._stop_sent_at is None or self._killed:
             return
         if time.monotonic() - self._stop_sent_at > self.settings.stop_grace_seconds:
-            logger.error("%s: the runner did not stop within %.0f s of SIGTERM; killing it",
-                         self.reporter.job_id, self.settings.stop_grace_seconds)
+            logger.error(
+                "%s: the runner did not stop within %.0f s of SIGTERM; killing it",
+                self.reporter.job_id,
+                self.settings.stop_grace_seconds,
+            )
             self._killed = True
             self.runner.send_signal(signal.SIGKILL)
 

@@ -47,7 +47,9 @@ def object_store() -> ObjectStore:
 
 def supervisor_settings() -> SupervisorSettings:
     """Supervision settings, with the environment's overrides."""
-    return SupervisorSettings(stop_grace_seconds=float(os.environ.get("TAILOR_GPU_STOP_GRACE_SECONDS", "600")))
+    return SupervisorSettings(
+        stop_grace_seconds=float(os.environ.get("TAILOR_GPU_STOP_GRACE_SECONDS", "600"))
+    )
 
 
 @app.task(
@@ -62,8 +64,14 @@ def supervisor_settings() -> SupervisorSettings:
 def run_job(self: Any, dispatch: dict[str, Any]) -> None:
     """Train one dispatched job attempt and report it to the control plane (never raises)."""
     worker = self.request.hostname or f"gpu@{socket.gethostname()}"
-    job.execute(dispatch, app=self.app, worker=worker, home=tailor_home(), store=object_store(),
-                settings=supervisor_settings())
+    job.execute(
+        dispatch,
+        app=self.app,
+        worker=worker,
+        home=tailor_home(),
+        store=object_store(),
+        settings=supervisor_settings(),
+    )
 
 
 @worker_shutting_down.connect
