@@ -199,10 +199,11 @@ def estimate_memory(spec: JobSpec, base_model: BaseModel, *, n_examples: int | N
 
 
 def choose_class(estimate: MemoryEstimate, *, request: MethodRequest) -> GpuClass:
-    """The smallest configured GPU class that holds the estimate; a 400 with the estimate otherwise."""
+    """The smallest configured GPU class that holds the estimate (on one GPU, or sharded across a multi-GPU
+    node when no single GPU does); a 400 with the estimate otherwise."""
     classes = gpu_classes()
     try:
-        return choose_gpu_class(estimate, classes)
+        return choose_gpu_class(estimate, classes, sharding=True)
     except NoGpuClassFits as exc:
         largest = max((c.memory_gib for c in classes), default=0.0)
         # The weights alone do not fit: no hyperparameter can help, the base model is too large.
