@@ -12,11 +12,12 @@ from tailor.core.views import healthz, metrics, readyz, unknown_api_url
 from tailor.files.urls import native_urlpatterns as files_native
 from tailor.files.urls import openai_urlpatterns as files_openai
 from tailor.gateway.urls import openai_urlpatterns as gateway_openai
+from tailor.registry.urls import native_urlpatterns as registry_native
 from tailor.tuning.urls import openai_urlpatterns as tuning_openai
 from tailor.webhooks.urls import native_urlpatterns as webhooks_native
 
 openai_api = [*files_openai, *tuning_openai, *gateway_openai, re_path(r"^(?P<path>.*)$", unknown_api_url)]
-native_api = [*files_native, *webhooks_native, re_path(r"^(?P<path>.*)$", unknown_api_url)]
+native_api = [*files_native, *webhooks_native, *registry_native, re_path(r"^(?P<path>.*)$", unknown_api_url)]
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

@@ -122,6 +122,7 @@ SPECTACULAR_SETTINGS = {
             "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"
         ],
         "WebhookDeliveryStatusEnum": "tailor.webhooks.models.WebhookDelivery.Status",
+        "DeploymentStatusEnum": "tailor.registry.models.Deployment.Status",
     },
 }
 

@@ -11,6 +11,8 @@
 - `TAILOR_DEPLOY_RETRY_BASE_SECONDS` (2): first retry delay; it doubles per attempt (at most 300 s).
 - `TAILOR_DEPLOY_STALE_SECONDS` (300): a push or undeploy silent for this long is sent again by the sweep.
 - `TAILOR_GATEWAY_TIMEOUT` (s, 600): how long the gateway waits for an inference endpoint to answer.
+- `TAILOR_DOWNLOAD_URL_SECONDS` (300): how long the presigned URLs of `GET /api/v1/adapters/{name}/download`
+  work (S3 stores; a local store answers with Tailor's own stream URLs instead).
 """
 
 from __future__ import annotations
@@ -35,9 +37,15 @@ TAILOR_DEPLOY_MAX_ATTEMPTS = env.int("TAILOR_DEPLOY_MAX_ATTEMPTS", default=5)
 TAILOR_DEPLOY_RETRY_BASE_SECONDS = env.float("TAILOR_DEPLOY_RETRY_BASE_SECONDS", default=2.0)
 TAILOR_DEPLOY_STALE_SECONDS = env.int("TAILOR_DEPLOY_STALE_SECONDS", default=300)
 TAILOR_GATEWAY_TIMEOUT = env.float("TAILOR_GATEWAY_TIMEOUT", default=600.0)
+TAILOR_DOWNLOAD_URL_SECONDS = env.int("TAILOR_DOWNLOAD_URL_SECONDS", default=300)
 
 if TAILOR_DEPLOY_MAX_ATTEMPTS < 1:
     raise ImproperlyConfigured(f"TAILOR_DEPLOY_MAX_ATTEMPTS must be at least 1, got {TAILOR_DEPLOY_MAX_ATTEMPTS}")
+if not 1 <= TAILOR_DOWNLOAD_URL_SECONDS <= 7 * 24 * 3600:
+    # S3 signatures (SigV4) last at most seven days.
+    raise ImproperlyConfigured(
+        f"TAILOR_DOWNLOAD_URL_SECONDS must be between 1 and 604800 (7 days), got {TAILOR_DOWNLOAD_URL_SECONDS}"
+    )
 
 __all__ = [
     "TAILOR_ENDPOINTS",
@@ -47,4 +55,5 @@ __all__ = [
     "TAILOR_DEPLOY_RETRY_BASE_SECONDS",
     "TAILOR_DEPLOY_STALE_SECONDS",
     "TAILOR_GATEWAY_TIMEOUT",
+    "TAILOR_DOWNLOAD_URL_SECONDS",
 ]
