@@ -1,9 +1,11 @@
 """`tailor demo`: run the whole platform on embedded defaults and walk through it as a user would.
 
-It migrates the embedded database, creates a demo team, starts the API server and a control worker
-as child processes, then talks to the platform only through its public API (the official `openai`
-SDK), exactly as a user's script would. With DEMO_EXIT=1 it stops after the walkthrough; otherwise it
-keeps serving until Ctrl-C.
+It migrates the embedded database, creates a demo team, starts the API server, a control worker, beat,
+a GPU worker and the development serving endpoint (`tailor serve`, registered as the embedded default
+endpoint shared by every team, with auto-deploy on) as child processes, then talks to the platform only
+through its public API (the official `openai` SDK), exactly as a user's script would: upload, validate,
+fine-tune, watch the adapter go live, and chat with it beside the base model. With DEMO_EXIT=1 it stops
+after the walkthrough; otherwise it keeps serving until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "gpu_runner" / "data" / "sample_chat.jsonl"
+# The shipped task: answer in a fixed JSON shape. 320 training examples, 40 held-out with unseen topics.
+TASK_TRAIN = REPO / "gpu_runner" / "data" / "task" / "train.jsonl"
+TASK_HELDOUT = REPO / "gpu_runner" / "data" / "task" / "heldout.jsonl"
+DEV_ENDPOINT = "dev"
 BASE_MODEL = "tailor-tiny"
 TERMINAL = {"succeeded", "failed", "cancelled"}
 DEMO_TEAM = "demo"
@@ -58,8 +64,11 @@ def _team_credentials(env: dict[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def platform_processes(env: dict[str, str], port: int) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Run the API server, control worker, beat and one GPU worker as child processes of this one.
+def platform_processes(
+    env: dict[str, str], port: int, extra: dict[str, list[str]] | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Run the API server, control worker, beat and one GPU worker as child processes of this one, plus
+    the `tailor …` commands in `extra` (name → arguments), e.g. the development serving endpoint.
 
     Each logs to TAILOR_HOME/logs/<name>.log; all are stopped (SIGTERM, then SIGKILL) on exit.
     """
@@ -72,6 +81,8 @@ def platform_processes(env: dict[str, str], port: int) -> Iterator[list[subproce
         "beat": [sys.executable, "-m", "tailor.cli", "worker", "beat"],
         "gpu-worker": [sys.executable, "-m", "tailor.cli", "worker", "gpu", "--gpu-class", "default"],
     }
+    for name, args in (extra or {}).items():
+        commands[name] = [sys.executable, "-m", "tailor.cli", *args]
     procs: list[subprocess.Popen[bytes]] = []
     log_files = []
     try:
@@ -93,13 +104,15 @@ def platform_processes(env: dict[str, str], port: int) -> Iterator[list[subproce
             log.close()
 
 
-def wait_for_api(base: str, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+def wait_for_api(
+    base: str, procs: list[subprocess.Popen[bytes]], timeout: float = 60, path: str = "/healthz"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in procs):
             raise SystemExit("a platform process exited during start-up; see var/logs/")
         try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+            if httpx.get(f"{base}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -176,11 +189,12 @@ def _chart(points: list[tuple[int, float]], *, width: int = 60, height: int = 10
     return "\n".join(rows)
 
 
-def _train(client: OpenAI, file_id: str) -> FineTuningJob:
-    """Start a QLoRA SFT job on the sample through the SDK and follow it to the end."""
+def _train(client: OpenAI, file_id: str, validation_id: str) -> FineTuningJob:
+    """Start a QLoRA SFT job on the task through the SDK and follow it to the end."""
     job = client.fine_tuning.jobs.create(
         model=BASE_MODEL,
         training_file=file_id,
+        validation_file=validation_id,
         suffix="demo",
         method={
             "type": "supervised",
@@ -193,6 +207,8 @@ def _train(client: OpenAI, file_id: str) -> FineTuningJob:
                     "learning_rate": 2e-3,
                     "lora_r": 16,
                     "quantization": "nf4",
+                    "max_seq_length": 512,
+                    "gradient_checkpointing": False,
                 }
             },
         },
@@ -249,6 +265,54 @@ def _show_job(client: OpenAI, job: FineTuningJob) -> None:
         )
 
 
+def _wait_live(root: str, key: str, model: str, timeout: float = 120) -> dict:
+    """Follow the auto-deploy of `model` until its deployment is live (or failed)."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        listed = httpx.get(
+            f"{root}/api/v1/deployments",
+            params={"adapter": model},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        ).json()["data"]
+        for deployment in listed:
+            if deployment["status"] != seen:
+                seen = deployment["status"]
+                print(f"    {deployment['id']} on {deployment['endpoint']['name']}: {seen}")
+            if deployment["status"] in ("live", "failed"):
+                return deployment
+        time.sleep(0.3)
+    raise SystemExit(f"{model} was not deployed within {timeout:.0f} s; see var/logs/control-worker.log")
+
+
+def _side_by_side(client: OpenAI, model: str) -> None:
+    """Ask the base model and the fine-tuned one the same held-out questions through Tailor's own
+    /v1/chat/completions, and show both answers and how often each keeps the trained JSON shape."""
+    from gpu_runner.task import format_match, prompt_messages
+
+    examples = [json.loads(line) for line in TASK_HELDOUT.read_text().splitlines() if line.strip()][:12]
+    rates = {BASE_MODEL: 0, model: 0}
+    for number, example in enumerate(examples):
+        messages = prompt_messages(example)
+        replies = {}
+        for name in (BASE_MODEL, model):
+            completion = client.chat.completions.create(
+                model=name, messages=messages, max_tokens=48, temperature=0
+            )
+            replies[name] = (completion.choices[0].message.content or "").strip()
+            rates[name] += format_match(replies[name])
+        if number < 4:
+            print(f"    Q: {messages[-1]['content']}")
+            print(f"       base       │ {replies[BASE_MODEL][:90]!r}")
+            print(f"       fine-tuned │ {replies[model][:90]!r}")
+    n = len(examples)
+    print(
+        f"    answers in the trained JSON shape over {n} held-out questions: "
+        f"base {rates[BASE_MODEL]}/{n}, fine-tuned {rates[model]}/{n}"
+    )
+
+
 def main() -> int:
     """Run the walkthrough; keep serving unless DEMO_EXIT=1."""
     from openai import OpenAI
@@ -258,6 +322,25 @@ def main() -> int:
     env.setdefault("TAILOR_HOME", str(Path("var").resolve()))
     env.setdefault("TAILOR_PUBLIC_URL", f"http://127.0.0.1:{port}/v1")
     env.setdefault("TAILOR_TINY_MODEL_DIR", str(Path(env["TAILOR_HOME"]) / "models" / BASE_MODEL))
+    serve_port = port + 1
+    # The embedded default endpoint: the development server, shared by every team, auto-deploy on.
+    env.setdefault(
+        "TAILOR_ENDPOINTS",
+        json.dumps(
+            [
+                {
+                    "name": DEV_ENDPOINT,
+                    "kind": "vllm",
+                    "url": f"http://127.0.0.1:{serve_port}",
+                    "base_models": {BASE_MODEL: BASE_MODEL},
+                    "delivery": "shared_volume",
+                    "adapter_root": str(Path(env["TAILOR_HOME"]).resolve() / "adapters"),
+                    "max_lora_rank": 64,
+                    "auto_deploy": True,
+                }
+            ]
+        ),
+    )
     env["PYTHONUNBUFFERED"] = "1"
     root = f"http://127.0.0.1:{port}"
 
@@ -269,16 +352,37 @@ def main() -> int:
     creds = _team_credentials(env)
     print(f"    team {creds['team']!r}, API key {creds['api_key']}")
     _ensure_base_model(env)
+    synced = run_tailor("endpoint", "sync", env=env)
+    if synced.returncode != 0:
+        print(synced.stdout, synced.stderr, file=sys.stderr)
+        return 1
+    print(
+        f"    inference endpoint {DEV_ENDPOINT!r}: the development server on port {serve_port}, auto-deploy on"
+    )
 
-    _say("Starting the platform: API server, control worker, beat and a GPU worker")
-    with platform_processes(env, port) as procs:
+    _say("Starting the platform: API server, control worker, beat, a GPU worker and the dev serving endpoint")
+    serve = [
+        "serve",
+        "--model",
+        env["TAILOR_TINY_MODEL_DIR"],
+        "--served-model-name",
+        BASE_MODEL,
+        "--port",
+        str(serve_port),
+    ]
+    with platform_processes(env, port, extra={"dev-server": serve}) as procs:
         wait_for_api(root, procs)
-        print(f"    API answering on {root}/v1")
+        wait_for_api(f"http://127.0.0.1:{serve_port}", procs, path="/health", timeout=120)
+        print(f"    API answering on {root}/v1; development endpoint on http://127.0.0.1:{serve_port}")
 
         client = OpenAI(base_url=f"{root}/v1", api_key=creds["api_key"], max_retries=0)
 
-        _say(f"Uploading the bundled sample dataset ({SAMPLE.name}) with the openai SDK")
-        with SAMPLE.open("rb") as fh:
+        _say(
+            f"Uploading the task dataset ({TASK_TRAIN.name}: answer in a fixed JSON shape) with the openai SDK"
+        )
+        with TASK_HELDOUT.open("rb") as fh:
+            heldout = client.files.create(file=fh, purpose="fine-tune")
+        with TASK_TRAIN.open("rb") as fh:
             uploaded = client.files.create(file=fh, purpose="fine-tune")
         print(f"    {uploaded.id}: {uploaded.bytes} bytes, status {uploaded.status}")
         processed = client.files.wait_for_processing(uploaded.id, poll_interval=0.5, max_wait_seconds=120)
@@ -306,10 +410,20 @@ def main() -> int:
         )
 
         _say(f"Fine-tuning {BASE_MODEL} on the sample with QLoRA (NF4 4-bit), through the openai SDK")
-        job = _train(client, uploaded.id)
+        client.files.wait_for_processing(heldout.id, poll_interval=0.5, max_wait_seconds=120)
+        job = _train(client, uploaded.id, heldout.id)
         _show_job(client, job)
         if job.status != "succeeded":
             return 1
+
+        _say("The registry deploys the adapter by itself (shared volume, load, smoke request)")
+        deployment = _wait_live(root, creds["api_key"], job.fine_tuned_model or "")
+        if deployment["status"] != "live":
+            print(f"    deployment failed: {deployment['reason_code']}: {deployment['last_error']}")
+            return 1
+
+        _say("Chatting through Tailor's own /v1/chat/completions: base model beside the fine-tuned one")
+        _side_by_side(client, job.fine_tuned_model or "")
 
         _say("Call the API yourself")
         print(
@@ -317,7 +431,9 @@ def main() -> int:
             f'    client = OpenAI(base_url="{root}/v1", api_key="{creds["api_key"]}")\n'
             "    print([f.id for f in client.files.list()])\n"
             "    print([j.fine_tuned_model for j in client.fine_tuning.jobs.list()])\n"
-            f"    web admin: {root}/admin/  (user {creds.get('username', DEMO_OWNER)}, password {DEMO_PASSWORD})"
+            f'    client.chat.completions.create(model="{job.fine_tuned_model}", messages=[...])\n'
+            f"    dashboard: {root}/dashboard/   web admin: {root}/admin/"
+            f"   (user {creds.get('username', DEMO_OWNER)}, password {DEMO_PASSWORD})"
         )
         if os.environ.get("DEMO_EXIT") == "1":
             _say("DEMO_EXIT=1: stopping the platform")
