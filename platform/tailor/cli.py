@@ -6,6 +6,7 @@ tailor worker gpu --gpu-class NAME [options]     train jobs of one GPU class (wo
 tailor worker beat [celery beat options]         send the periodic control tasks (scheduler, reconciler)
 tailor worker agent --endpoint NAME              deliver adapters to the vLLM server beside it (no database)
 tailor basemodel add NAME --source DIR           register a base model teams may fine-tune
+tailor endpoint sync|add|list|check              register inference endpoints (TAILOR_ENDPOINTS, or one by one)
 tailor serve --model DIR --served-model-name NAME [options]
                                                  the development serving endpoint (gpu_runner.serve; no database)
 tailor demo                                      the walkthrough behind `make demo`
