@@ -7,3 +7,6 @@ class RegistryConfig(AppConfig):
     name = "tailor.registry"
     label = "registry"
     verbose_name = "Adapter registry"
+
+    def ready(self) -> None:
+        from tailor.registry import metrics  # noqa: F401 - registers the registry's Prometheus families
