@@ -443,6 +443,30 @@ class NoGpuClassFits(ValueError):
         super().__init__(message)
 
 
+def estimate_spec_memory(
+    shape: Mapping[str, Any], hyperparameters: Any, *, batch_size: int, method: str
+) -> MemoryEstimate:
+    """`estimate_training_memory` for a job spec's hyperparameters on a model of `shape` (parameters and
+    the architecture keywords), with `batch_size` rows per micro-batch. Module names the estimator
+    cannot size (not Llama-style) fall back to every linear layer, an upper bound."""
+    hp = hyperparameters
+    common: dict[str, Any] = {
+        **shape,
+        "quantization": hp.quantization,
+        "compute_dtype": hp.compute_dtype,
+        "lora_r": hp.lora_r,
+        "max_seq_length": hp.max_seq_length,
+        "batch_size": batch_size,
+        "gradient_checkpointing": hp.gradient_checkpointing,
+        "method": method,
+        "lora_dropout": hp.lora_dropout,
+    }
+    try:
+        return estimate_training_memory(**common, lora_trainable_modules=hp.lora_trainable_modules)
+    except ValueError:
+        return estimate_training_memory(**common, lora_trainable_modules="all-linear")
+
+
 def choose_gpu_class(
     estimate: MemoryEstimate,
     classes: Sequence[GpuClass],

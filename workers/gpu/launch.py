@@ -41,7 +41,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gpu_runner.events import ErrorCode, ExitCode, make_event
 from gpu_runner.memory import (
@@ -51,7 +51,7 @@ from gpu_runner.memory import (
     MemoryEstimate,
     NoStrategyFits,
     choose_strategy,
-    estimate_training_memory,
+    estimate_spec_memory,
     model_shape_from_directory,
     parse_gpu_classes,
 )
@@ -117,22 +117,12 @@ def estimate_job(spec: JobSpec, world_size: int) -> MemoryEstimate:
         world_size=world_size,
     )
     resolved = resolve(spec, stats)
-    common: dict[str, Any] = {
-        **model_shape_from_directory(spec.base_model.path),
-        "quantization": hp.quantization,
-        "compute_dtype": hp.compute_dtype,
-        "lora_r": hp.lora_r,
-        "max_seq_length": hp.max_seq_length,
-        "batch_size": resolved.micro_batch_size,
-        "gradient_checkpointing": hp.gradient_checkpointing,
-        "method": spec.method,
-        "lora_dropout": hp.lora_dropout,
-    }
-    try:
-        return estimate_training_memory(**common, lora_trainable_modules=hp.lora_trainable_modules)
-    except ValueError:
-        # Module names the estimator cannot size (not Llama-style): every linear is an upper bound.
-        return estimate_training_memory(**common, lora_trainable_modules="all-linear")
+    return estimate_spec_memory(
+        model_shape_from_directory(spec.base_model.path),
+        hp,
+        batch_size=resolved.micro_batch_size,
+        method=spec.method,
+    )
 
 
 def plan_for_node(

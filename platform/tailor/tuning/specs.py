@@ -21,7 +21,7 @@ from gpu_runner.memory import (
     MemoryEstimate,
     NoGpuClassFits,
     choose_gpu_class,
-    estimate_training_memory,
+    estimate_spec_memory,
     parse_gpu_classes,
 )
 from gpu_runner.spec import (
@@ -178,24 +178,12 @@ def _micro_batch(spec: JobSpec, n_examples: int | None) -> int:
 
 def estimate_memory(spec: JobSpec, base_model: BaseModel, *, n_examples: int | None = None) -> MemoryEstimate:
     """Peak GPU memory of the job (gpu_runner.memory), from the base model's shape and the spec."""
-    hp = spec.hyperparameters
-    common: dict[str, Any] = {
-        "parameters": base_model.parameters,
-        **base_model.architecture,
-        "quantization": hp.quantization,
-        "compute_dtype": hp.compute_dtype,
-        "lora_r": hp.lora_r,
-        "max_seq_length": hp.max_seq_length,
-        "batch_size": _micro_batch(spec, n_examples),
-        "gradient_checkpointing": hp.gradient_checkpointing,
-        "method": spec.method,
-        "lora_dropout": hp.lora_dropout,
-    }
-    try:
-        return estimate_training_memory(**common, lora_trainable_modules=hp.lora_trainable_modules)
-    except ValueError:
-        # Module names the estimator cannot size (not Llama-style): every linear is an upper bound.
-        return estimate_training_memory(**common, lora_trainable_modules="all-linear")
+    return estimate_spec_memory(
+        {"parameters": base_model.parameters, **base_model.architecture},
+        spec.hyperparameters,
+        batch_size=_micro_batch(spec, n_examples),
+        method=spec.method,
+    )
 
 
 def choose_class(estimate: MemoryEstimate, *, request: MethodRequest) -> GpuClass:
