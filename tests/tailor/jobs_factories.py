@@ -159,10 +159,12 @@ def isolated_gpu_queue(settings: Any) -> Iterator[str]:
     delete_queue(name)
 
 
-def take_dispatches(queue: str, *, expect: int = 1, timeout: float = 5) -> list[dict[str, Any]]:
-    """The `dispatch` arguments of `tailor.gpu.run_job` messages waiting in `queue` (taken off it), as a
-    GPU worker would receive them; waits up to `timeout` for `expect` of them."""
-    found: list[dict[str, Any]] = []
+def take_messages(
+    queue: str, *, expect: int = 1, timeout: float = 5
+) -> list[tuple[str, list[Any], dict[str, Any]]]:
+    """(task name, args, kwargs) of the messages waiting in `queue`, taken off it as a worker would;
+    waits up to `timeout` for `expect` of them, then a moment longer for any extra one."""
+    found: list[tuple[str, list[Any], dict[str, Any]]] = []
     deadline = time.monotonic() + timeout
     with app.connection_for_read() as conn:
         simple = conn.SimpleQueue(queue)
@@ -174,10 +176,17 @@ def take_dispatches(queue: str, *, expect: int = 1, timeout: float = 5) -> list[
                     if len(found) >= expect:
                         break
                     continue
-                assert message.headers["task"] == RUN_JOB_TASK
-                _args, kwargs, _embed = message.decode()
-                found.append(kwargs["dispatch"])
+                args, kwargs, _embed = message.decode()
+                found.append((message.headers["task"], list(args), dict(kwargs)))
                 message.ack()
         finally:
             simple.close()
     return found
+
+
+def take_dispatches(queue: str, *, expect: int = 1, timeout: float = 5) -> list[dict[str, Any]]:
+    """The `dispatch` arguments of `tailor.gpu.run_job` messages waiting in `queue` (taken off it), as a
+    GPU worker would receive them; waits up to `timeout` for `expect` of them."""
+    messages = take_messages(queue, expect=expect, timeout=timeout)
+    assert all(task == RUN_JOB_TASK for task, _, _ in messages), messages
+    return [kwargs["dispatch"] for _, _, kwargs in messages]

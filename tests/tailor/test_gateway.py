@@ -20,10 +20,10 @@ from openai import OpenAI
 from tailor.registry.models import AdapterAlias, Deployment, InferenceEndpoint
 from tailor.teams.models import Team
 from tailor.tuning.models import Adapter, BaseModel
-from tailor.tuning.services import fine_tuned_model_name
 
+from tests.tailor.adapter_factories import stored_adapter
 from tests.tailor.factories import TeamFactory, issue_key
-from tests.tailor.jobs_factories import BaseModelFactory, create_job
+from tests.tailor.jobs_factories import BaseModelFactory
 from tests.tailor.processes import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -156,25 +156,6 @@ def endpoint(upstream: Upstream, base: BaseModel) -> InferenceEndpoint:
     )
 
 
-def make_adapter(team: Team, base: BaseModel) -> Adapter:
-    """The next version of the team's `bot` family, as a successful job leaves it."""
-    job = create_job(team, base=base, suffix="bot")
-    name = fine_tuned_model_name(job)
-    family = name.rsplit(":", 1)[0]
-    return Adapter.objects.create(
-        team=team,
-        job=job,
-        base_model=base,
-        name=name,
-        family=family,
-        version=Adapter.objects.filter(team=team, family=family).count() + 1,
-        prefix=f"jobs/{job.public_id}/adapter",
-        rank=8,
-        alpha=16,
-        target_modules=["q_proj", "v_proj"],
-    )
-
-
 def go_live(adapter: Adapter, endpoint: InferenceEndpoint, *, served_name: str | None = None) -> Deployment:
     return Deployment.objects.create(
         team=adapter.team,
@@ -193,7 +174,7 @@ def test_chat_with_a_live_adapter_goes_to_its_endpoint_under_the_served_name(
     live_server: Any, upstream: Upstream, endpoint: InferenceEndpoint, base: BaseModel
 ) -> None:
     team = TeamFactory()
-    adapter = make_adapter(team, base)
+    adapter = stored_adapter(team, base)
     go_live(adapter, endpoint, served_name="lora-7")
     client = sdk(live_server, team)
 
@@ -225,7 +206,7 @@ def test_an_alias_routes_to_the_version_it_points_at(
     live_server: Any, upstream: Upstream, endpoint: InferenceEndpoint, base: BaseModel
 ) -> None:
     team = TeamFactory()
-    first, second = make_adapter(team, base), make_adapter(team, base)
+    first, second = stored_adapter(team, base), stored_adapter(team, base)
     go_live(first, endpoint, served_name="v1")
     go_live(second, endpoint, served_name="v2")
     alias = AdapterAlias.objects.create(team=team, family=first.family, name="production", adapter=second)
@@ -243,7 +224,7 @@ def test_a_stream_is_relayed_as_it_arrives_with_the_clients_model_name(
     live_server: Any, upstream: Upstream, endpoint: InferenceEndpoint, base: BaseModel
 ) -> None:
     team = TeamFactory()
-    adapter = make_adapter(team, base)
+    adapter = stored_adapter(team, base)
     go_live(adapter, endpoint, served_name="lora-s")
     client = sdk(live_server, team)
 
@@ -264,7 +245,7 @@ def test_another_teams_adapter_is_unknown_exactly_like_a_missing_one(
     live_server: Any, upstream: Upstream, endpoint: InferenceEndpoint, base: BaseModel
 ) -> None:
     owner = TeamFactory()
-    adapter = make_adapter(owner, base)
+    adapter = stored_adapter(owner, base)
     go_live(adapter, endpoint)
     stranger = sdk(live_server, TeamFactory())
     messages = [{"role": "user", "content": "hi"}]
@@ -286,13 +267,13 @@ def test_deleted_and_undeployed_adapters_are_not_served(
     team = TeamFactory()
     client = sdk(live_server, team)
     messages = [{"role": "user", "content": "hi"}]
-    waiting = make_adapter(team, base)
+    waiting = stored_adapter(team, base)
     with pytest.raises(openai.NotFoundError) as not_deployed:
         client.chat.completions.create(model=waiting.name, messages=messages)
     assert not_deployed.value.body["code"] == "model_not_available"
     assert "not deployed" in not_deployed.value.body["message"]
 
-    deleted = make_adapter(team, base)
+    deleted = stored_adapter(team, base)
     go_live(deleted, endpoint)
     Adapter.objects.filter(pk=deleted.pk).update(deleted_at="2026-01-01T00:00:00Z")
     with pytest.raises(openai.NotFoundError):
@@ -304,7 +285,7 @@ def test_upstream_errors_pass_through_and_an_unreachable_endpoint_is_a_502(
     live_server: Any, upstream: Upstream, endpoint: InferenceEndpoint, base: BaseModel
 ) -> None:
     team = TeamFactory()
-    adapter = make_adapter(team, base)
+    adapter = stored_adapter(team, base)
     go_live(adapter, endpoint)
     client = sdk(live_server, team)
     messages = [{"role": "user", "content": "hi"}]

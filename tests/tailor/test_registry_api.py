@@ -25,6 +25,7 @@ from tailor.tuning.models import Adapter, BaseModel
 
 from tests.s3server import TEST_CREDENTIALS, running_s3_server
 from tests.tailor.adapter_factories import WEIGHTS
+from tests.tailor.jobs_factories import take_messages
 from tests.tailor.processes import delete_queue
 from tests.tailor.registry_factories import (
     DeploymentFactory,
@@ -33,7 +34,7 @@ from tests.tailor.registry_factories import (
     healthy_vllm,
     llama_base,
 )
-from workers.app import DEPLOY_TASK, UNDEPLOY_TASK, app
+from workers.app import DEPLOY_TASK, UNDEPLOY_TASK
 
 pytestmark = pytest.mark.django_db
 
@@ -59,24 +60,7 @@ def control_queue(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 def sent_tasks(queue: str, *, expect: int, timeout: float = 5) -> list[tuple[str, list[Any]]]:
     """(task name, args) of the messages waiting in `queue`, taken off it; waits for `expect` of them."""
-    found: list[tuple[str, list[Any]]] = []
-    deadline = time.monotonic() + timeout
-    with app.connection_for_read() as conn:
-        simple = conn.SimpleQueue(queue)
-        try:
-            while time.monotonic() < deadline:
-                try:
-                    message = simple.get(block=True, timeout=0.2 if len(found) >= expect else 1)
-                except simple.Empty:
-                    if len(found) >= expect:
-                        break
-                    continue
-                args, _kwargs, _embed = message.decode()
-                found.append((message.headers["task"], list(args)))
-                message.ack()
-        finally:
-            simple.close()
-    return found
+    return [(task, args) for task, args, _ in take_messages(queue, expect=expect, timeout=timeout)]
 
 
 @pytest.fixture

@@ -26,10 +26,10 @@ from tailor.registry.services import (
     deployment_create,
     deployment_undeploy,
 )
-from tailor.tuning.models import BaseModel
+from tailor.tuning.models import Adapter, BaseModel
+
 from tests.doubles.ollama import OllamaDouble
 from tests.doubles.vllm import VLLMDouble
-
 from tests.tailor.adapter_factories import WEIGHTS, llama_base, stored_adapter
 from tests.tailor.factories import TeamFactory
 from tests.tailor.processes import PlatformProcess, platform_env, start_platform_process, wait_for
@@ -75,6 +75,12 @@ def settled(
     )
 
 
+def push(adapter: Adapter, endpoint: InferenceEndpoint, worker: PlatformProcess) -> Deployment:
+    """Ask for the deployment as a client would and wait until the push settled."""
+    requested = deployment_create(team=adapter.team, adapter=adapter, endpoint=endpoint)
+    return settled(requested, "live", "failed", worker=worker)
+
+
 def loads(double: Any) -> list[dict[str, Any]]:
     return [r["body"] for r in double.requests if r["path"] == "/v1/load_lora_adapter"]
 
@@ -87,12 +93,7 @@ def test_push_writes_verified_files_loads_smokes_and_goes_live(
 ) -> None:
     endpoint = vllm_endpoint(vllm, base, tmp_path / "adapters")
     adapter = stored_adapter(TeamFactory(), base)
-    deployment = settled(
-        deployment_create(team=adapter.team, adapter=adapter, endpoint=endpoint),
-        "live",
-        "failed",
-        worker=control_worker,
-    )
+    deployment = push(adapter, endpoint, control_worker)
     assert deployment.status == "live", deployment.last_error
     assert deployment.attempts == 1 and deployment.live_at is not None and deployment.last_error == ""
     [load] = loads(vllm)
@@ -123,12 +124,7 @@ def test_transient_failures_are_retried_with_backoff(
         503,
         {"error": {"message": "busy", "type": "ServiceUnavailable", "code": 503}},
     )
-    deployment = settled(
-        deployment_create(team=adapter.team, adapter=adapter, endpoint=endpoint),
-        "live",
-        "failed",
-        worker=control_worker,
-    )
+    deployment = push(adapter, endpoint, control_worker)
     assert deployment.status == "live", deployment.last_error
     assert deployment.attempts == 3
 
@@ -142,12 +138,7 @@ def test_an_adapter_the_server_refuses_fails_with_its_words(
     with VLLMDouble(max_lora_rank=8, invalid_adapter_status=invalid_status) as double:
         endpoint = vllm_endpoint(double, base, tmp_path / "adapters")
         adapter = stored_adapter(TeamFactory(), base, r=32, lora_alpha=64)
-        deployment = settled(
-            deployment_create(team=adapter.team, adapter=adapter, endpoint=endpoint),
-            "live",
-            "failed",
-            worker=control_worker,
-        )
+        deployment = push(adapter, endpoint, control_worker)
     assert deployment.status == "failed" and deployment.attempts == 1
     assert "LoRA rank 32 is greater than max_lora_rank 8" in deployment.last_error
     assert str(invalid_status) in deployment.last_error
@@ -159,12 +150,7 @@ def test_runtime_lora_updating_switched_off_is_explained(
     with VLLMDouble(runtime_updating=False) as double:
         endpoint = vllm_endpoint(double, base, tmp_path / "adapters")
         adapter = stored_adapter(TeamFactory(), base)
-        deployment = settled(
-            deployment_create(team=adapter.team, adapter=adapter, endpoint=endpoint),
-            "live",
-            "failed",
-            worker=control_worker,
-        )
+        deployment = push(adapter, endpoint, control_worker)
     assert deployment.status == "failed" and deployment.reason_code == "runtime_lora_updating_disabled"
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" in deployment.last_error
 
@@ -176,12 +162,7 @@ def test_a_failed_smoke_request_rolls_the_load_back(
     adapter = stored_adapter(team, base)
     with VLLMDouble(chat_fails_for={adapter.name}) as double:
         endpoint = vllm_endpoint(double, base, tmp_path / "adapters")
-        deployment = settled(
-            deployment_create(team=team, adapter=adapter, endpoint=endpoint),
-            "live",
-            "failed",
-            worker=control_worker,
-        )
+        deployment = push(adapter, endpoint, control_worker)
         assert deployment.status == "failed" and deployment.reason_code == "smoke_failed"
         assert "unloaded" in deployment.last_error
         assert adapter.name not in [card["id"] for card in double.models()]
@@ -196,12 +177,7 @@ def test_undeploy_unloads_and_removes_the_files(
 ) -> None:
     endpoint = vllm_endpoint(vllm, base, tmp_path / "adapters")
     adapter = stored_adapter(TeamFactory(), base)
-    live = settled(
-        deployment_create(team=adapter.team, adapter=adapter, endpoint=endpoint),
-        "live",
-        "failed",
-        worker=control_worker,
-    )
+    live = push(adapter, endpoint, control_worker)
     assert live.status == "live", live.last_error
     gone = settled(deployment_undeploy(deployment=live), "undeployed", worker=control_worker)
     assert gone.finished_at is not None
@@ -249,12 +225,7 @@ def test_the_endpoint_agent_delivers_to_a_server_that_shares_no_volume(
     )
     try:
         adapter = stored_adapter(TeamFactory(), base)
-        deployment = settled(
-            deployment_create(team=adapter.team, adapter=adapter, endpoint=endpoint),
-            "live",
-            "failed",
-            worker=agent,
-        )
+        deployment = push(adapter, endpoint, agent)
         assert deployment.status == "live", (deployment.last_error, agent.log()[-2000:])
         [load] = loads(vllm)
         assert Path(load["lora_path"]).parent == agent_dir
@@ -286,12 +257,7 @@ def test_ollama_push_uploads_blobs_creates_the_model_and_undeploys(
     with OllamaDouble() as double:
         endpoint = ollama_endpoint(double, base)
         adapter = stored_adapter(TeamFactory(), base)
-        deployment = settled(
-            deployment_create(team=adapter.team, adapter=adapter, endpoint=endpoint),
-            "live",
-            "failed",
-            worker=control_worker,
-        )
+        deployment = push(adapter, endpoint, control_worker)
         assert deployment.status == "live", deployment.last_error
         creates = [r["body"] for r in double.requests if r["path"] == "/api/create"]
         assert creates[-1]["from"] == "llama3.2:1b" and creates[-1]["model"] == deployment.served_name
@@ -313,12 +279,7 @@ def test_ollama_error_after_the_first_progress_line_fails_the_deployment(
     with OllamaDouble(architecture="qwen2") as double:
         endpoint = ollama_endpoint(double, base)
         adapter = stored_adapter(TeamFactory(), base)
-        deployment = settled(
-            deployment_create(team=adapter.team, adapter=adapter, endpoint=endpoint),
-            "live",
-            "failed",
-            worker=control_worker,
-        )
+        deployment = push(adapter, endpoint, control_worker)
     assert deployment.status == "failed" and "unsupported architecture" in deployment.last_error
 
 
@@ -328,11 +289,6 @@ def test_an_ollama_without_adapter_support_is_reported_as_such(
     with OllamaDouble(version="0.35.0", adapters_removed=True) as double:
         endpoint = ollama_endpoint(double, base)
         adapter = stored_adapter(TeamFactory(), base)
-        deployment = settled(
-            deployment_create(team=adapter.team, adapter=adapter, endpoint=endpoint),
-            "live",
-            "failed",
-            worker=control_worker,
-        )
+        deployment = push(adapter, endpoint, control_worker)
     assert deployment.status == "failed" and deployment.reason_code == "ollama_adapters_unsupported"
     assert "0.35.0" in deployment.last_error
