@@ -11,7 +11,7 @@ from gpu_runner.endpoints.errors import EndpointError, http_error, parse_body, s
 from gpu_runner.endpoints.transport import DEFAULT_TIMEOUT, Transport
 
 SMOKE_PROMPT = "Reply with one word: ready?"
-SMOKE_MAX_TOKENS = 8
+SMOKE_MAX_TOKENS = 1
 
 
 def smoke_chat(
