@@ -94,6 +94,33 @@ def measure_floor(model_dir: Path, data: Path, work: Path, runs: int) -> list[fl
     return results
 
 
+def prepare_platform(env: dict[str, str], model_dir: Path, *steps: tuple[str, ...]) -> dict[str, str]:
+    """A fresh `tailor_bench` database (when DATABASE_URL names it), the tiny model built, migrations and
+    `steps` (more `tailor` commands) run, a bench team created and `tailor-tiny` registered; returns the
+    team's credentials (`api_key`, …)."""
+    from tailor.demo import run_tailor
+
+    if env["DATABASE_URL"].endswith("/tailor_bench"):
+        for sql in ("DROP DATABASE IF EXISTS tailor_bench", "CREATE DATABASE tailor_bench"):
+            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "gpu_runner", "make-tiny-model", str(model_dir)], check=True, env=env
+    )
+    for step in (("migrate", "--noinput"), *steps):
+        done = run_tailor(*step, env=env)
+        if done.returncode:
+            raise SystemExit(done.stderr)
+    created = run_tailor(
+        "createteam", f"bench-{uuid.uuid4().hex[:6]}", "--owner", "bench@example.com", env=env
+    )
+    if created.returncode:
+        raise SystemExit(created.stderr)
+    added = run_tailor("basemodel", "add", "tailor-tiny", "--source", str(model_dir), env=env)
+    if added.returncode:
+        raise SystemExit(added.stderr)
+    return json.loads(created.stdout)
+
+
 def measure_platform(client, file_id: str, jobs: int) -> tuple[list[float], list[float]]:
     to_running, to_step = [], []
     for i in range(jobs):
@@ -142,7 +169,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from openai import OpenAI
-    from tailor.demo import platform_processes, run_tailor, wait_for_api
+    from tailor.demo import platform_processes, wait_for_api
 
     work = Path(tempfile.mkdtemp(prefix="tailor-dispatch-"))
     env = dict(os.environ)
@@ -158,35 +185,13 @@ def main() -> int:
         }
     )
     model_dir = Path(env.get("TAILOR_TINY_MODEL_DIR", REPO / "var" / "models" / "tailor-tiny"))
-    if env["DATABASE_URL"].endswith("/tailor_bench"):
-        subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "DROP DATABASE IF EXISTS tailor_bench"],
-            check=True,
-        )
-        subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "CREATE DATABASE tailor_bench"], check=True
-        )
-    subprocess.run(
-        [sys.executable, "-m", "gpu_runner", "make-tiny-model", str(model_dir)], check=True, env=env
-    )
+    creds = prepare_platform(env, model_dir)
     data = small_training_file(work / "train.jsonl")
 
     print("==> floor: gpu_runner alone (load torch + NF4 model, first step)", flush=True)
     floor = measure_floor(model_dir, data, work, args.floor_runs)
 
     print("==> platform: POST /v1/fine_tuning/jobs -> running -> first step (warm workers)", flush=True)
-    for step in (("migrate", "--noinput"),):
-        done = run_tailor(*step, env=env)
-        if done.returncode:
-            raise SystemExit(done.stderr)
-    creds = json.loads(
-        run_tailor(
-            "createteam", f"bench-{uuid.uuid4().hex[:6]}", "--owner", "bench@example.com", env=env
-        ).stdout
-    )
-    added = run_tailor("basemodel", "add", "tailor-tiny", "--source", str(model_dir), env=env)
-    if added.returncode:
-        raise SystemExit(added.stderr)
     with platform_processes(env, args.port) as procs:
         wait_for_api(f"http://127.0.0.1:{args.port}", procs)
         client = OpenAI(base_url=f"http://127.0.0.1:{args.port}/v1", api_key=creds["api_key"], max_retries=0)

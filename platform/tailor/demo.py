@@ -68,7 +68,7 @@ def platform_processes(
     env: dict[str, str], port: int, extra: dict[str, list[str]] | None = None
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Run the API server, control worker, beat and one GPU worker as child processes of this one, plus
-    the `tailor …` commands in `extra` (name → arguments), e.g. the development serving endpoint.
+    the commands in `extra` (name → argv), e.g. the development serving endpoint.
 
     Each logs to TAILOR_HOME/logs/<name>.log; all are stopped (SIGTERM, then SIGKILL) on exit.
     """
@@ -81,8 +81,7 @@ def platform_processes(
         "beat": [sys.executable, "-m", "tailor.cli", "worker", "beat"],
         "gpu-worker": [sys.executable, "-m", "tailor.cli", "worker", "gpu", "--gpu-class", "default"],
     }
-    for name, args in (extra or {}).items():
-        commands[name] = [sys.executable, "-m", "tailor.cli", *args]
+    commands.update(extra or {})
     procs: list[subprocess.Popen[bytes]] = []
     log_files = []
     try:
@@ -370,7 +369,9 @@ def main() -> int:
         "--port",
         str(serve_port),
     ]
-    with platform_processes(env, port, extra={"dev-server": serve}) as procs:
+    with platform_processes(
+        env, port, extra={"dev-server": [sys.executable, "-m", "tailor.cli", *serve]}
+    ) as procs:
         wait_for_api(root, procs)
         wait_for_api(f"http://127.0.0.1:{serve_port}", procs, path="/health", timeout=120)
         print(f"    API answering on {root}/v1; development endpoint on http://127.0.0.1:{serve_port}")
