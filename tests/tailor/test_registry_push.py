@@ -25,6 +25,7 @@ from tailor.registry.services import (
     adapter_auto_deploy,
     deployment_create,
     deployment_undeploy,
+    endpoint_check_health,
 )
 from tailor.tuning.models import Adapter, BaseModel
 
@@ -183,6 +184,22 @@ def test_undeploy_unloads_and_removes_the_files(
     assert gone.finished_at is not None
     assert adapter.name not in [card["id"] for card in vllm.models()]
     assert not Path(live.adapter_path).exists()
+
+
+def test_adapters_a_restarted_server_forgot_are_pushed_again(
+    control_worker: PlatformProcess, vllm: VLLMDouble, base: BaseModel, tmp_path: Path
+) -> None:
+    endpoint = vllm_endpoint(vllm, base, tmp_path / "adapters")
+    adapter = stored_adapter(TeamFactory(), base)
+    live = push(adapter, endpoint, control_worker)
+    assert live.status == "live", live.last_error
+    vllm.loras.clear()  # vLLM keeps runtime-loaded adapters in memory only: a restart forgets them
+
+    checked = endpoint_check_health(endpoint=endpoint)
+    assert checked.health == "healthy"
+    again = settled(live, "live", "failed", worker=control_worker)
+    assert again.status == "live" and len(loads(vllm)) == 2
+    assert adapter.name in [card["id"] for card in vllm.models()]
 
 
 def test_an_incompatible_adapter_is_refused_before_anything_is_pushed(

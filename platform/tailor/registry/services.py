@@ -232,20 +232,59 @@ def endpoint_check_health(*, endpoint: InferenceEndpoint) -> InferenceEndpoint:
 
     timeout = settings.TAILOR_ENDPOINT_TIMEOUT
     health, error, version = InferenceEndpoint.Health.HEALTHY, "", endpoint.server_version
+    served: set[str] | None = None
     try:
         if endpoint.kind == InferenceEndpoint.Kind.OLLAMA:
-            version = OllamaClient(
-                endpoint.base_url, api_key=endpoint.credential or None, timeout=timeout
-            ).version()
+            ollama = OllamaClient(endpoint.base_url, api_key=endpoint.credential or None, timeout=timeout)
+            version = ollama.version()
+            served = {str(model.get("name")) for model in ollama.tags()}
         else:
-            VLLMClient(endpoint.base_url, api_key=endpoint.credential or None, timeout=timeout).health()
+            vllm = VLLMClient(endpoint.base_url, api_key=endpoint.credential or None, timeout=timeout)
+            vllm.health()
+            served = {str(card.get("id")) for card in vllm.models()}
     except EndpointError as exc:
         health, error = InferenceEndpoint.Health.UNHEALTHY, str(exc)
     InferenceEndpoint.objects.filter(pk=endpoint.pk).update(
         health=health, health_error=error, health_checked_at=timezone.now(), server_version=version or ""
     )
+    if served is not None:
+        _repush_missing(endpoint, served)
     endpoint.refresh_from_db()
     return endpoint
+
+
+def _ollama_names(name: str) -> set[str]:
+    return {name, name if ":" in name else f"{name}:latest"}
+
+
+def _repush_missing(endpoint: InferenceEndpoint, served: set[str]) -> list[str]:
+    """Deployments `live` on `endpoint` that it no longer serves (vLLM forgets runtime-loaded adapters when
+    it restarts) go back to pending and are pushed again. Returns their ids."""
+    missing = []
+    for deployment in Deployment.objects.filter(endpoint=endpoint, status=Status.LIVE):
+        names = (
+            _ollama_names(deployment.served_name)
+            if endpoint.kind == InferenceEndpoint.Kind.OLLAMA
+            else {deployment.served_name}
+        )
+        if names & served:
+            continue
+        with transaction.atomic():
+            moved = _move(
+                deployment,
+                from_=[Status.LIVE],
+                to=Status.PENDING,
+                attempts=0,
+                next_attempt_at=None,
+                reason_code="endpoint_lost_adapter",
+                last_error="The endpoint no longer served the adapter (restarted?); pushing it again",
+            )
+            if moved:
+                _send_after_commit(DEPLOY_TASK, deployment.public_id)
+                missing.append(deployment.public_id)
+    if missing:
+        logger.warning("%s lost %s; pushing again", endpoint.name, ", ".join(missing))
+    return missing
 
 
 # Aliases and adapters -------------------------------------------------------------------------------
@@ -341,7 +380,8 @@ def compatibility_problems(*, adapter: Adapter, endpoint: InferenceEndpoint) -> 
             adapter_base_model=adapter.base_model.name,
             endpoint_base_models=list((endpoint.served_models or {}).keys()),
             base_architecture=_base_architecture(adapter.base_model),
-            max_lora_rank=endpoint.max_lora_rank,
+            # Ollama (llama.cpp) has no LoRA rank limit; vLLM's is a server flag.
+            max_lora_rank=endpoint.max_lora_rank if endpoint.kind == InferenceEndpoint.Kind.VLLM else None,
             formats=list(adapter.formats or ["peft-safetensors"]),
         )
     )
