@@ -18,7 +18,6 @@ from typing import Any
 from gpu_runner.endpoints.delivery import materialize, remove
 from gpu_runner.endpoints.errors import EndpointError
 from gpu_runner.endpoints.vllm import VLLMClient
-
 from gpu_runner.storage import ObjectStore, open_store
 from workers.app import AGENT_DEPLOY_TASK, AGENT_UNDEPLOY_TASK, DEPLOYMENT_PUSHED_TASK, app, control_queue
 
