@@ -23,6 +23,7 @@ import httpx
 import openai
 import pytest
 
+from gpu_runner.tiny_model import build_tiny_model
 from tests.gpu_runner.serve_helpers import (
     ROOT,
     TINY,
@@ -35,9 +36,11 @@ from tests.gpu_runner.serve_helpers import (
     wait_ready,
 )
 
-pytestmark = pytest.mark.skipif(
-    not (TINY / "model.safetensors").is_file(), reason="the tiny model is not built (make-tiny-model)"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _tiny_model() -> None:
+    """The base model every server here serves: built once (deterministic, cached), never skipped."""
+    build_tiny_model(TINY)
 
 API_KEY = "test-serve-key"
 BASE = "tailor-tiny"
