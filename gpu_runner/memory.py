@@ -480,7 +480,8 @@ def choose_gpu_class(
     Raises NoGpuClassFits naming the estimate and the largest class."""
     needed = estimate.total_gib * (1 + safety_margin)
     fitting = [c for c in classes if c.memory_gib >= needed]
-    if not fitting and sharding:
+    # int8 (LLM.int8) weights cannot be sharded with FSDP: the runner refuses them, so never plan it.
+    if not fitting and sharding and estimate.quantization != "int8":
         fitting = [
             c
             for c in classes

@@ -511,6 +511,11 @@ def test_gpu_class_choice_takes_a_sharded_node_only_when_asked() -> None:
     assert choose_gpu_class(e, classes, sharding=True).name == "a4000-x4"
     # A class one GPU of which holds the job still wins over sharding.
     assert choose_gpu_class(e, [*classes, GpuClass("a100", 80, "q3")], sharding=True).name == "a100"
+    # int8 weights cannot be sharded (the runner refuses FSDP for them): no sharded node is planned.
+    # (7B int8: 10.6 GiB in one process, 7.8 GiB a GPU when sharded.)
+    small = [GpuClass("t4", 8, "q1"), GpuClass("t4-x4", 9, "q2", gpus_per_node=4)]
+    with pytest.raises(NoGpuClassFits):
+        choose_gpu_class(_estimate(quantization="int8"), small, sharding=True)
 
 
 def test_the_worker_sizes_a_job_from_the_local_model_and_its_spec(tmp_path: Path) -> None:
