@@ -587,7 +587,7 @@ def test_vllm_allows_runtime_lora_loading_within_its_limits() -> None:
     )
     assert rank in ALLOWED_VLLM_RANKS
     # vLLM refuses max_cpu_loras < max_loras at start-up.
-    assert 1 <= max_loras <= cpu_loras
+    assert max_loras >= 1 and cpu_loras >= max_loras
     assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     entry = next(entry for entry in endpoints(BASE) if entry["name"] == "vllm")
     assert entry["max_lora_rank"] == rank and entry["max_adapters"] == cpu_loras
