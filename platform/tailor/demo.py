@@ -410,7 +410,7 @@ def main() -> int:
             ).json()
         )
 
-        _say(f"Fine-tuning {BASE_MODEL} on the sample with QLoRA (NF4 4-bit), through the openai SDK")
+        _say(f"Fine-tuning {BASE_MODEL} on the task with QLoRA (NF4 4-bit), through the openai SDK")
         client.files.wait_for_processing(heldout.id, poll_interval=0.5, max_wait_seconds=120)
         job = _train(client, uploaded.id, heldout.id)
         _show_job(client, job)
