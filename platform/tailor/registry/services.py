@@ -355,18 +355,21 @@ def adapters_purge(*, limit: int = 50) -> int:
 # Compatibility gate -----------------------------------------------------------------------------------
 
 
+# Base model prefixes name their revision (`models/<name>/<revision>`), so a prefix's config never changes.
+_architectures: dict[str, str] = {}
+
+
 def _base_architecture(base_model: BaseModel) -> str:
-    """HF `model_type` of the base (`llama`, `gemma2`, …), read from its config.json in the object store."""
-    known = (base_model.architecture or {}).get("model_type")
-    if known:
-        return str(known)
-    try:
-        config = json.loads(
-            object_store().get_bytes(posixpath.join(base_model.prefix.rstrip("/"), "config.json"))
-        )
-    except Exception:  # noqa: BLE001 - an unreadable config only loses the architecture check
-        return ""
-    return str(config.get("model_type") or "")
+    """HF `model_type` of the base (`llama`, `gemma2`, …), read once per revision from its config.json in
+    the object store ("" when unreadable, which only loses the architecture checks, and is asked again)."""
+    key = base_model.prefix.rstrip("/")
+    if key not in _architectures:
+        try:
+            config = json.loads(object_store().get_bytes(posixpath.join(key, "config.json")))
+        except Exception:  # noqa: BLE001 - an unreadable config only loses the architecture check
+            return ""
+        _architectures[key] = str(config.get("model_type") or "")
+    return _architectures[key]
 
 
 def compatibility_problems(*, adapter: Adapter, endpoint: InferenceEndpoint) -> list[Incompatibility]:
