@@ -101,7 +101,7 @@ def run_jobs(client: Any, root: str, key: str, file_id: str, jobs: int) -> list[
     return results
 
 
-def measure_floor(adapters: list[str], home: Path, server: str, served_root: Path) -> list[float]:
+def measure_floor(adapters: list[str], server: str, served_root: Path) -> list[float]:
     """Per adapter: copy its files once from the object store into the server's folder, one load call."""
     from tailor.core.objectstore import object_store
     from tailor.tuning.models import Adapter
@@ -249,7 +249,7 @@ def main() -> int:
         print(f"==> {args.adapters} jobs: succeeded -> live", flush=True)
         deployed = run_jobs(client, root, creds["api_key"], uploaded.id, args.adapters)
         print("==> floor: copy the adapter's bytes once + one load call, per adapter", flush=True)
-        floor = measure_floor([d["model"] for d in deployed], work, server, adapters_dir)
+        floor = measure_floor([d["model"] for d in deployed], server, adapters_dir)
 
         model = deployed[-1]["model"]
         print(f"==> gateway: {args.requests} chat requests each, direct vs through Tailor", flush=True)
