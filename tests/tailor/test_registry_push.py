@@ -278,6 +278,8 @@ def test_ollama_push_uploads_blobs_creates_the_model_and_undeploys(
         assert deployment.status == "live", deployment.last_error
         creates = [r["body"] for r in double.requests if r["path"] == "/api/create"]
         assert creates[-1]["from"] == "llama3.2:1b" and creates[-1]["model"] == deployment.served_name
+        endpoint.refresh_from_db()
+        assert endpoint.server_version == double.version, "the Ollama version seen at push time is recorded"
         assert set(creates[-1]["adapters"]) == {"adapter_config.json", "adapter_model.safetensors"}
         assert (
             creates[-1]["adapters"]["adapter_model.safetensors"]
