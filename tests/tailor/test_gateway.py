@@ -316,3 +316,18 @@ def test_bad_requests_get_openai_errors(live_server: Any, endpoint: InferenceEnd
     assert no_model.status_code == 400 and no_model.json()["error"]["param"] == "model"
     no_key = httpx.post(url, json={"model": "x", "messages": []})
     assert no_key.status_code == 401 and no_key.json()["error"]["code"] == "missing_api_key"
+
+
+def test_a_read_only_key_may_call_models_since_inference_stores_nothing(
+    live_server: Any, upstream: Upstream, endpoint: InferenceEndpoint, base: BaseModel
+) -> None:
+    team = TeamFactory()
+    adapter = stored_adapter(team, base)
+    go_live(adapter, endpoint, served_name="lora-r")
+    reader = OpenAI(
+        base_url=f"{live_server.url}/v1", api_key=issue_key(team, scopes=["read"]).secret, max_retries=0
+    )
+    answer = reader.chat.completions.create(model=adapter.name, messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "reply from lora-r"
+    with pytest.raises(openai.PermissionDeniedError):
+        reader.files.create(file=("x.jsonl", b"{}\n"), purpose="fine-tune")
